@@ -1,0 +1,67 @@
+"""ociforge: build and push OCI images of Nix closures in one streaming pass.
+
+The public API is what ``__all__`` lists; everything else is private and may change.
+"""
+
+from __future__ import annotations
+
+from ociforge.api import BuildResult, build, host_system, load_closure
+from ociforge.assemble import BuiltImage, ImageOptions
+from ociforge.compress import Compression, CompressionOptions
+from ociforge.digest import Digest
+from ociforge.errors import (
+    AuthError,
+    DigestMismatchError,
+    ImageError,
+    NixError,
+    OciforgeError,
+    RegistryError,
+    UsageError,
+)
+from ociforge.events import (
+    BlobFinished,
+    BlobProgress,
+    BlobRetry,
+    BlobStarted,
+    Event,
+    Message,
+    ProgressCallback,
+)
+from ociforge.image import RuntimeConfig
+from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
+from ociforge.nix import Closure, StorePathInfo, read_closure
+from ociforge.tarstream import TarOptions
+
+__all__ = [
+    "STRATEGIES",
+    "AuthError",
+    "BlobFinished",
+    "BlobProgress",
+    "BlobRetry",
+    "BlobStarted",
+    "BuildResult",
+    "BuiltImage",
+    "Closure",
+    "Compression",
+    "CompressionOptions",
+    "Digest",
+    "DigestMismatchError",
+    "Event",
+    "ImageError",
+    "ImageOptions",
+    "LayerPlan",
+    "Message",
+    "NixError",
+    "OciforgeError",
+    "ProgressCallback",
+    "RegistryError",
+    "RuntimeConfig",
+    "StorePathInfo",
+    "TarOptions",
+    "UsageError",
+    "build",
+    "host_system",
+    "load_closure",
+    "plan_layers",
+    "read_closure",
+]

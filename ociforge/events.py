@@ -1,0 +1,52 @@
+"""Progress events: small immutable objects the library hands to a callback.
+
+The library never prints; the CLI turns these into tqdm bars. A callback must be cheap and must
+not raise. ``key`` names the thing in progress (a layer's short id, "config", "manifest").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class BlobStarted:
+    key: str
+    total: int | None  # bytes expected, when known (a streamed layer's size is not)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BlobProgress:
+    key: str
+    delta: int  # bytes since the previous event for this key
+
+
+@dataclass(frozen=True)
+class BlobFinished:
+    key: str
+    outcome: Literal["uploaded", "skipped", "mounted", "written", "reused"]
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class BlobRetry:
+    key: str
+    attempt: int
+    reason: str  # already redacted
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+
+
+Event = BlobStarted | BlobProgress | BlobFinished | BlobRetry | Message
+ProgressCallback = Callable[[Event], None]
+
+
+def ignore_event(event: Event) -> None:
+    """The default callback: progress goes nowhere."""

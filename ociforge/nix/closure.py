@@ -1,0 +1,49 @@
+"""Value types of a Nix closure, independent of how it was read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StorePathInfo:
+    """One store path of a closure, as ``nix path-info --json`` describes it.
+
+    ``references`` are full store paths, self-reference removed, sorted. ``nar_hash`` is the
+    SRI-or-base32 string nix printed, kept verbatim: with ``path`` it identifies the content.
+    """
+
+    path: str
+    nar_hash: str
+    nar_size: int
+    references: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``hello-2.12`` of ``/nix/store/<hash>-hello-2.12``."""
+        base = self.path.rsplit("/", 1)[-1]
+        return base.split("-", 1)[1] if "-" in base else base
+
+
+@dataclass(frozen=True)
+class Closure:
+    """A set of store paths closed under references, and the roots it was asked for.
+
+    ``roots`` keep the order the user gave (they decide the customisation layer and PATH).
+    ``system`` is the Nix system (``x86_64-linux``) of the roots when known.
+    """
+
+    roots: tuple[str, ...]
+    paths: Mapping[str, StorePathInfo] = field(repr=False)
+    system: str | None = None
+    store_dir: str = "/nix/store"
+
+    @property
+    def graph(self) -> dict[str, tuple[str, ...]]:
+        """path -> references (no self-references), the input of the layering strategies."""
+        return {p: info.references for p, info in self.paths.items()}
+
+    @property
+    def nar_size(self) -> int:
+        return sum(info.nar_size for info in self.paths.values())
