@@ -1,0 +1,103 @@
+"""Image value types and writers: media types, models, canonical JSON, config, OCI layout, archive.
+
+Nothing here knows about nix, tar streams or HTTP: writers take plain iterables of bytes and
+report the digests and sizes they computed while writing.
+"""
+
+from __future__ import annotations
+
+from ociforge.image.config import (
+    EPOCH_PLUS_ONE,
+    RuntimeConfig,
+    build_config,
+    check_created,
+    parse_env_items,
+    parse_label_items,
+    parse_port_items,
+    platform_for_system,
+)
+from ociforge.image.docker_archive import DockerArchiveWriter, check_repo_tag
+from ociforge.image.media import (
+    ACCEPT_MANIFEST_TYPES,
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    ImageFormat,
+    config_media_type,
+    layer_media_type,
+    manifest_media_type,
+)
+from ociforge.image.models import (
+    ContainerConfig,
+    Descriptor,
+    History,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    RootFS,
+    canonical_json,
+    describe_bytes,
+    parse_image_config,
+    parse_index,
+    parse_manifest,
+)
+from ociforge.image.oci_layout import REF_NAME, BlobRef, OciLayout, check_tag
+
+__all__ = [
+    "ACCEPT_MANIFEST_TYPES",
+    "DOCKER_CONFIG",
+    "DOCKER_LAYER_GZIP",
+    "DOCKER_LAYER_TAR",
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "EPOCH_PLUS_ONE",
+    "IMAGE_MANIFEST_TYPES",
+    "INDEX_TYPES",
+    "OCI_CONFIG",
+    "OCI_INDEX",
+    "OCI_LAYER_GZIP",
+    "OCI_LAYER_TAR",
+    "OCI_LAYER_ZSTD",
+    "OCI_MANIFEST",
+    "REF_NAME",
+    "BlobRef",
+    "ContainerConfig",
+    "Descriptor",
+    "DockerArchiveWriter",
+    "History",
+    "ImageConfig",
+    "ImageFormat",
+    "Index",
+    "Manifest",
+    "OciLayout",
+    "Platform",
+    "RootFS",
+    "RuntimeConfig",
+    "build_config",
+    "canonical_json",
+    "check_created",
+    "check_repo_tag",
+    "check_tag",
+    "config_media_type",
+    "describe_bytes",
+    "layer_media_type",
+    "manifest_media_type",
+    "parse_env_items",
+    "parse_image_config",
+    "parse_index",
+    "parse_label_items",
+    "parse_manifest",
+    "parse_port_items",
+    "platform_for_system",
+]

@@ -1,0 +1,75 @@
+"""Media types of the OCI image spec and Docker's schema2, and the choice between them.
+
+Only the standard types are produced: GitLab's registry answers ``MANIFEST_INVALID`` for unknown
+ones. Docker schema2 has no zstd layer type, so docker + zstd is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ociforge.errors import UsageError
+
+ImageFormat = Literal["oci", "docker"]
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+
+# Registries answer 404 for a manifest whose type the client did not accept (distribution 2.8.2
+# does so for OCI manifests), so GET/HEAD always offers all four.
+ACCEPT_MANIFEST_TYPES: tuple[str, ...] = (
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+)
+IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+
+_LAYER_TYPES: dict[tuple[str, str], str] = {
+    ("oci", "none"): OCI_LAYER_TAR,
+    ("oci", "gzip"): OCI_LAYER_GZIP,
+    ("oci", "zstd"): OCI_LAYER_ZSTD,
+    ("docker", "none"): DOCKER_LAYER_TAR,
+    ("docker", "gzip"): DOCKER_LAYER_GZIP,
+}
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("oci", "docker"):
+        raise UsageError(f"unknown image format {fmt!r}: use 'oci' or 'docker'")
+
+
+def layer_media_type(fmt: ImageFormat, compression: str) -> str:
+    """The layer media type for a format and a compression (``none``, ``gzip`` or ``zstd``)."""
+    _check_format(fmt)
+    if fmt == "docker" and compression == "zstd":
+        raise UsageError(
+            "Docker schema2 has no zstd layer media type: use --compression gzip or --format oci"
+        )
+    try:
+        return _LAYER_TYPES[(fmt, compression)]
+    except KeyError:
+        raise UsageError(
+            f"unknown layer compression {compression!r}: use 'gzip', 'zstd' or 'none'"
+        ) from None
+
+
+def manifest_media_type(fmt: ImageFormat) -> str:
+    _check_format(fmt)
+    return OCI_MANIFEST if fmt == "oci" else DOCKER_MANIFEST
+
+
+def config_media_type(fmt: ImageFormat) -> str:
+    _check_format(fmt)
+    return OCI_CONFIG if fmt == "oci" else DOCKER_CONFIG
