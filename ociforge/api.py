@@ -1,0 +1,109 @@
+"""The typed facade: what the CLI calls and what other tools import.
+
+``build()`` reads a closure (or takes one), plans its layers and writes the image to a target.
+Everything the image's bytes depend on is in :class:`ImageOptions`; everything else (where nix
+lives, progress reporting) is a keyword argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+
+from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
+from ociforge.compress import Compression, CompressionOptions
+from ociforge.digest import Digest
+from ociforge.errors import UsageError
+from ociforge.events import ProgressCallback, ignore_event
+from ociforge.nix import Closure, closure_from_json_file, read_closure
+from ociforge.outputs import (
+    DockerArchiveTarget,
+    OciTarget,
+    Target,
+    parse_target,
+    write_docker_archive,
+    write_oci,
+)
+
+_HOST_SYSTEMS = {
+    "x86_64": "x86_64-linux",
+    "amd64": "x86_64-linux",
+    "aarch64": "aarch64-linux",
+    "arm64": "aarch64-linux",
+}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced: where, and the digests that identify it."""
+
+    target: str
+    manifest_digest: str
+    config_digest: str
+    layers: int
+    image: BuiltImage
+
+
+def host_system() -> str:
+    """The Nix system of this machine, the default platform when a closure does not say."""
+    machine = platform.machine().lower()
+    return _HOST_SYSTEMS.get(machine, f"{machine}-linux")
+
+
+def load_closure(
+    installable: str | Closure | None = None,
+    *,
+    closure_json: str | None = None,
+    nix: str = "nix",
+) -> Closure:
+    """A closure from an installable (built if needed), a saved path-info JSON, or as given."""
+    if isinstance(installable, Closure):
+        return installable
+    if closure_json is not None:
+        roots = [installable] if installable else None
+        return closure_from_json_file(closure_json, roots=roots)
+    if not installable:
+        raise UsageError("nothing to build: give an installable or --closure-json FILE")
+    return read_closure(installable, nix=nix)
+
+
+def build(
+    installable: str | Closure | None,
+    target: str | Target,
+    *,
+    options: ImageOptions | None = None,
+    closure_json: str | None = None,
+    nix: str = "nix",
+    on_event: ProgressCallback = ignore_event,
+) -> BuildResult:
+    """Build the image of ``installable`` into ``target`` (``oci:DIR[:TAG]``,
+    ``docker-archive:FILE|-``).
+
+    Example::
+
+        import ociforge
+        result = ociforge.build(".#devshell", "oci:./out:latest",
+                                options=ociforge.ImageOptions(max_layers=60))
+        print(result.manifest_digest)
+    """
+    parsed = parse_target(target) if isinstance(target, str) else target
+    closure = load_closure(installable, closure_json=closure_json, nix=nix)
+    opts = options or ImageOptions()
+    if isinstance(parsed, DockerArchiveTarget):
+        # docker load wants plain tar layers and Docker media types.
+        opts = dataclasses.replace(
+            opts, format="docker", compression=CompressionOptions(Compression.NONE)
+        )
+    plan: ImagePlan = plan_image(closure, opts, host_system=host_system())
+    if isinstance(parsed, OciTarget):
+        built = write_oci(plan, parsed, on_event)
+    else:
+        built = write_docker_archive(plan, parsed, on_event)
+    return BuildResult(
+        target=str(parsed),
+        manifest_digest=built.manifest_digest,
+        config_digest=str(Digest.of(built.config)),
+        layers=len(built.layers),
+        image=built,
+    )

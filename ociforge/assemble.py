@@ -1,0 +1,180 @@
+"""From a closure and options to an image: layer recipes first, config and manifest last.
+
+The order is forced by the digests: the config lists every layer's diff_id and the manifest
+lists every blob's digest, so both are serialised once, after the layers streamed, and those exact
+bytes are what gets hashed, written and pushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ociforge.compress import Compression, CompressionOptions
+from ociforge.digest import Digest
+from ociforge.errors import UsageError
+from ociforge.image import (
+    Descriptor,
+    ImageFormat,
+    Manifest,
+    RuntimeConfig,
+    build_config,
+    canonical_json,
+    config_media_type,
+    layer_media_type,
+    manifest_media_type,
+    platform_for_system,
+)
+from ociforge.layer import EntriesLayer, LayerDigests, LayerRecipe, StoreLayer
+from ociforge.layering import plan_layers
+from ociforge.nix.closure import Closure
+from ociforge.rootfs import default_path, root_links
+from ociforge.tarstream import TarOptions
+
+EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Everything that decides the bytes of an image, besides the closure itself."""
+
+    format: ImageFormat = "oci"
+    strategy: str = "popularity"
+    max_layers: int = 100
+    compression: CompressionOptions = field(default_factory=CompressionOptions)
+    tar: TarOptions = field(default_factory=TarOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    created: str = EPOCH_PLUS_ONE
+    architecture: str | None = None
+    os: str | None = None
+    variant: str | None = None
+    link_roots: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    recipe: LayerRecipe
+    comment: str
+    media_type: str
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The recipes of every layer and what the config needs; no byte has been read yet."""
+
+    closure: Closure
+    layers: tuple[PlannedLayer, ...]
+    options: ImageOptions
+    host_system: str
+
+    def finish(self, results: Sequence[LayerDigests]) -> BuiltImage:
+        """Serialise config and manifest once the layers' digests are known."""
+        if len(results) != len(self.layers):
+            raise UsageError("internal: one LayerDigests per planned layer is required")
+        return _finish(self, results)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    config: bytes
+    config_media_type: str
+    manifest: bytes
+    manifest_media_type: str
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+
+    @property
+    def manifest_digest(self) -> str:
+        return str(Digest.of(self.manifest))
+
+
+def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> ImagePlan:
+    """Group the closure into layers; the last one links the roots into ``/``."""
+    _check_format(options)
+    plans = plan_layers(
+        closure.graph,
+        strategy=options.strategy,
+        max_layers=options.max_layers,
+        sizes={p: i.nar_size for p, i in closure.paths.items()},
+    )
+    media = layer_media_type(options.format, options.compression.algorithm.value)
+    layers = [
+        PlannedLayer(
+            StoreLayer(
+                paths=plan.paths,
+                store_dir=closure.store_dir,
+                tar_options=options.tar,
+                compression=options.compression,
+            ),
+            _comment(plan.paths),
+            media,
+        )
+        for plan in plans
+    ]
+    if options.link_roots:
+        entries = tuple(root_links(closure.roots))
+        if entries:
+            recipe = EntriesLayer(
+                entries=entries, tar_options=options.tar, compression=options.compression
+            )
+            layers.append(PlannedLayer(recipe, "customisation: roots linked into /", media))
+    return ImagePlan(closure, tuple(layers), options, host_system)
+
+
+def _check_format(options: ImageOptions) -> None:
+    if options.format == "docker" and options.compression.algorithm is Compression.ZSTD:
+        raise UsageError("--format docker cannot carry zstd layers: use --compression gzip")
+
+
+def _comment(paths: Sequence[str]) -> str:
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    shown = ", ".join(names[:5])
+    return f"store paths: {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _platform(plan: ImagePlan) -> tuple[str, str, str | None]:
+    """The closure's platform, with the user's --arch/--os/--variant taking precedence."""
+    opts = plan.options
+    if opts.architecture and opts.os:
+        return opts.architecture, opts.os, opts.variant
+    arch, os_name, variant = platform_for_system(plan.closure.system or plan.host_system)
+    if opts.architecture:  # another architecture: the closure's variant does not apply
+        return opts.architecture, opts.os or os_name, opts.variant
+    return arch, opts.os or os_name, opts.variant or variant
+
+
+def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
+    opts = plan.options
+    arch, os_name, variant = _platform(plan)
+    config = build_config(
+        runtime=opts.runtime,
+        architecture=arch,
+        os=os_name,
+        variant=variant,
+        diff_ids=[r.diff_id for r in results],
+        history_comments=[layer.comment for layer in plan.layers],
+        created=opts.created,
+        default_path=default_path(plan.closure.roots),
+    )
+    config_bytes = canonical_json(config)
+    cfg_type = config_media_type(opts.format)
+    layers = tuple(
+        Descriptor(mediaType=layer.media_type, digest=str(r.digest), size=r.size)
+        for layer, r in zip(plan.layers, results, strict=True)
+    )
+    manifest = Manifest(
+        schemaVersion=2,
+        mediaType=manifest_media_type(opts.format),
+        config=Descriptor(
+            mediaType=cfg_type, digest=str(Digest.of(config_bytes)), size=len(config_bytes)
+        ),
+        layers=list(layers),
+    )
+    return BuiltImage(
+        config=config_bytes,
+        config_media_type=cfg_type,
+        manifest=canonical_json(manifest),
+        manifest_media_type=manifest_media_type(opts.format),
+        layers=layers,
+        diff_ids=tuple(str(r.diff_id) for r in results),
+    )

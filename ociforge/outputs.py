@@ -1,0 +1,120 @@
+"""Where a built image goes: an OCI image layout directory or a docker archive.
+
+Targets are written as skopeo spells them: ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME:TAG]``
+(``FILE`` may be ``-`` for stdout, so ``ociforge build ... docker-archive:- | podman load`` works).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ociforge.assemble import BuiltImage, ImagePlan
+from ociforge.errors import UsageError
+from ociforge.events import BlobFinished, BlobStarted, ProgressCallback
+from ociforge.image import DockerArchiveWriter, OciLayout
+from ociforge.layer import LayerDigests
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class OciTarget:
+    directory: str
+    tag: str = "latest"
+
+    def __str__(self) -> str:
+        return f"oci:{self.directory}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class DockerArchiveTarget:
+    path: str  # "-" is stdout
+    reference: str | None = None  # name:tag recorded in the archive (RepoTags)
+
+    def __str__(self) -> str:
+        return f"docker-archive:{self.path}" + (f":{self.reference}" if self.reference else "")
+
+
+Target = OciTarget | DockerArchiveTarget
+
+
+def parse_target(text: str) -> Target:
+    """Parse ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME:TAG]``."""
+    kind, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise UsageError(
+            f"unknown output {text!r}: use oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]"
+        )
+    if kind == "oci":
+        directory, _, tag = rest.rpartition(":")
+        if directory and _TAG_RE.fullmatch(tag) and "/" not in tag:
+            return OciTarget(directory, tag)
+        return OciTarget(rest)
+    if kind == "docker-archive":
+        path, _, ref = rest.partition(":")
+        if ref and ":" not in ref:
+            raise UsageError(f"docker-archive reference {ref!r} needs NAME:TAG")
+        return DockerArchiveTarget(path, ref or None)
+    raise UsageError(f"unknown output type {kind!r}: use oci:DIR[:TAG] or docker-archive:FILE")
+
+
+def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) -> BuiltImage:
+    """Stream every layer into the layout's blob store, then config, manifest and tag."""
+    layout = OciLayout(target.directory)
+    results: list[LayerDigests] = []
+    for index, layer in enumerate(plan.layers):
+        key = f"layer {index + 1}/{len(plan.layers)}"
+        on_event(BlobStarted(key, None, layer.comment))
+        stream = layer.recipe.open()
+        digest, size = layout.write_blob_stream(stream)
+        results.append(stream.result)
+        on_event(BlobFinished(key, "written", size, str(digest)))
+    built = plan.finish(results)
+    layout.write_blob(built.config)
+    layout.add_manifest(built.manifest, built.manifest_media_type, tag=target.tag)
+    return built
+
+
+def write_docker_archive(
+    plan: ImagePlan, target: DockerArchiveTarget, on_event: ProgressCallback
+) -> BuiltImage:
+    """Write a ``docker load`` archive; layers are plain tars, so their sizes are known upfront."""
+    if target.path == "-":
+        return _write_archive(plan, target, sys.stdout.buffer, on_event)
+    try:
+        with open(target.path, "wb") as out:
+            return _write_archive(plan, target, out, on_event)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target.path}: {exc.strerror}") from exc
+
+
+def _write_archive(
+    plan: ImagePlan, target: DockerArchiveTarget, out: BinaryIO, on_event: ProgressCallback
+) -> BuiltImage:
+    writer = DockerArchiveWriter(out)
+    results: list[LayerDigests] = []
+    for index, layer in enumerate(plan.layers):
+        key = f"layer {index + 1}/{len(plan.layers)}"
+        size = layer.recipe.tar_size()
+        on_event(BlobStarted(key, size, layer.comment))
+        stream = layer.recipe.open()
+        writer.add_layer(stream, size)
+        results.append(stream.result)
+        on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
+    built = plan.finish(results)
+    writer.finish(built.config, _repo_tags(plan, target))
+    out.flush()
+    return built
+
+
+def _repo_tags(plan: ImagePlan, target: DockerArchiveTarget) -> Sequence[str]:
+    if target.reference:
+        return [target.reference]
+    roots = plan.closure.roots
+    base = roots[0].rsplit("/", 1)[-1].split("-", 1)[-1] if roots else "image"
+    name = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "image"
+    return [f"{name}:latest"]

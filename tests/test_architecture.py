@@ -1,0 +1,83 @@
+"""The dependency rules of docs/architecture.md, pinned: imports only go downward."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ociforge
+
+PACKAGE = Path(ociforge.__file__).parent
+
+# module (or package) -> ociforge modules it must never import
+# leaf modules -> the only ociforge modules they may import
+ONLY_ALLOWED: dict[str, set[str]] = {"errors": set(), "events": set(), "digest": {"errors"}}
+FORBIDDEN: dict[str, set[str]] = {
+    "nix": {"tarstream", "registry", "layer", "compress", "image", "api", "cli", "layering"},
+    "tarstream": {"nix", "registry", "api", "cli", "image", "layering"},
+    "registry": {"nix", "tarstream", "layer", "compress", "image", "api", "cli", "layering"},
+    "layering": {"nix", "tarstream", "registry", "api", "cli", "image", "layer"},
+    "image": {"nix", "tarstream", "registry", "layer", "api", "cli"},
+    "compress": {"nix", "tarstream", "registry", "api", "cli", "image"},
+}
+
+
+def ociforge_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ociforge"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                found.add(parts[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "ociforge" and len(parts) > 1:
+                    found.add(parts[1])
+    return found
+
+
+def owner(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def test_imports_only_go_downward() -> None:
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod = owner(path)
+        if mod == "__main__":  # `python -m ociforge` is the CLI's other entry point
+            continue
+        banned = FORBIDDEN.get(mod, set())
+        allowed = ONLY_ALLOWED.get(mod)
+        for imported in ociforge_imports(path) - {mod}:
+            if (
+                imported == "cli"
+                or imported in banned
+                or (allowed is not None and imported not in allowed)
+            ):
+                violations.append(f"{path.relative_to(PACKAGE)} imports ociforge.{imported}")
+    assert violations == []
+
+
+def test_only_registry_imports_httpx() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if owner(path) == "registry":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "httpx" for n in names):
+                offenders.append(str(path.relative_to(PACKAGE)))
+    assert offenders == []
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(ociforge.__all__) == sorted(set(ociforge.__all__))
+    for name in ociforge.__all__:
+        assert hasattr(ociforge, name), name
