@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
@@ -25,6 +26,8 @@ from ociforge.outputs import (
     write_docker_archive,
     write_oci,
 )
+from ociforge.push import PushResult, RegistryOptions, push_layout, push_plan
+from ociforge.reference import Reference, parse_reference
 
 _HOST_SYSTEMS = {
     "x86_64": "x86_64-linux",
@@ -107,3 +110,36 @@ def build(
         layers=len(built.layers),
         image=built,
     )
+
+
+def push(
+    source: str | Closure | None,
+    destinations: Sequence[str | Reference],
+    *,
+    options: ImageOptions | None = None,
+    registry: RegistryOptions | None = None,
+    closure_json: str | None = None,
+    nix: str = "nix",
+    on_event: ProgressCallback = ignore_event,
+) -> PushResult:
+    """Push the image of ``source`` to every destination (``host/repo:tag``) of one registry.
+
+    ``source`` is an installable or closure (the image is built while it streams up) or
+    ``oci:DIR[:TAG]`` (an image built before, pushed byte for byte). Layers go up first, in
+    parallel, then the config, then the manifest under each tag: a failed push tags nothing.
+
+    Example::
+
+        result = ociforge.push(".#devshell", ["registry.example.com/group/proj/builder:latest"])
+        print(result.manifest_digest)
+    """
+    refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
+    reg = registry or RegistryOptions()
+    if isinstance(source, str) and source.startswith("oci:"):
+        target = parse_target(source)
+        assert isinstance(target, OciTarget)
+        tag = target.tag if source.count(":") > 1 else None
+        return push_layout(target.directory, tag, refs, reg, on_event)
+    closure = load_closure(source, closure_json=closure_json, nix=nix)
+    plan = plan_image(closure, options or ImageOptions(), host_system=host_system())
+    return push_plan(plan, refs, reg, on_event)

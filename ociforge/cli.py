@@ -19,13 +19,16 @@ from typing import Any, TypeVar
 
 import click
 
-from ociforge.api import BuildResult, build
+from ociforge.api import BuildResult, build, push
 from ociforge.assemble import EPOCH_PLUS_ONE, ImageOptions
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
 from ociforge.image import RuntimeConfig, parse_env_items
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
+from ociforge.push import PushResult, RegistryOptions
+from ociforge.reference import parse_reference
+from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -272,3 +275,164 @@ def _layer_rows(result: BuildResult) -> Sequence[dict[str, Any]]:
     return [
         {"digest": d.digest, "size": d.size, "mediaType": d.media_type} for d in result.image.layers
     ]
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str, option: str) -> int:
+    """``10MB``, ``5MiB``, ``1048576`` -> bytes."""
+    number = text.rstrip("kKmMgGiIbB ")
+    unit = text[len(number) :].strip().lower()
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"{option}: {text!r} is not a size like 10MB or 5MiB") from exc
+    if value < 1:
+        raise UsageError(f"{option}: must be positive")
+    return value
+
+
+def _registry_options(kw: dict[str, Any]) -> RegistryOptions:
+    creds = None
+    if kw["password_stdin"]:
+        if not kw["username"]:
+            raise UsageError("--password-stdin needs --username")
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if not secret:
+            raise UsageError("--password-stdin: nothing on standard input")
+        creds = Credentials(kw["username"], secret, source="--username/--password-stdin")
+    elif kw["username"]:
+        raise UsageError(
+            "--username needs --password-stdin (passwords never go on the command line)"
+        )
+    if kw["jobs"] < 1:
+        raise UsageError("--jobs must be at least 1")
+    return RegistryOptions(
+        credentials=creds,
+        insecure=True if kw["insecure"] else None,
+        ca_file=kw["ca_file"],
+        jobs=kw["jobs"],
+        chunk_size=parse_size(kw["chunk_size"], "--chunk-size") if kw["chunk_size"] else None,
+        mount_from=kw["mount_from"],
+    )
+
+
+def _registry_flags(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.option("--username", help="Registry user (with --password-stdin)."),
+            click.option(
+                "--password-stdin", is_flag=True, help="Read the password or token from stdin."
+            ),
+            click.option(
+                "--insecure",
+                is_flag=True,
+                help="Plain HTTP (default only for localhost/127.0.0.1).",
+            ),
+            click.option(
+                "--ca-file",
+                type=click.Path(exists=True, dir_okay=False),
+                help="Extra CA bundle to verify the registry's TLS certificate.",
+            ),
+            click.option(
+                "--jobs", type=int, default=4, show_default=True, help="Blobs uploaded at once."
+            ),
+            click.option(
+                "--chunk-size",
+                help="Upload in PATCH chunks of this size (e.g. 10MB) for "
+                "registries or proxies that cap request size.",
+            ),
+            click.option(
+                "--mount-from",
+                metavar="REPO",
+                help="Mount blobs from this repository of the same registry when possible.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@main.command("push")
+@click.argument("args", nargs=-1, required=True, metavar="SOURCE DEST [DEST...]")
+@_image_options
+@_registry_flags
+@_common
+def push_command(args: tuple[str, ...], **kw: Any) -> None:
+    """Build SOURCE's image while pushing it to DEST (host/repo:tag), one or more tags.
+
+    SOURCE is an installable (.#attr, a store path, a .drv) or oci:DIR[:TAG] (an image built
+    before). With --closure-json, SOURCE may be left out. Prints DEST@sha256:<digest> per tag.
+    In GitLab CI no credentials are needed: CI_REGISTRY_USER/CI_REGISTRY_PASSWORD are used.
+    """
+
+    def action() -> None:
+        source, dests = _source_and_destinations(args, kw["closure_json"])
+        options = options_from_cli(kw)
+        registry = _registry_options(kw)
+        with ProgressDisplay.for_cli(kw["progress"], kw["quiet"]) as display:
+            result = push(
+                source,
+                dests,
+                options=options,
+                registry=registry,
+                closure_json=kw["closure_json"],
+                nix=kw["nix_bin"],
+                on_event=display.handle,
+            )
+        _report_push(result, kw["as_json"])
+
+    _run(kw["debug"], action)
+
+
+def _source_and_destinations(
+    args: tuple[str, ...], closure_json: str | None
+) -> tuple[str | None, list[str]]:
+    if closure_json and _is_reference(args[0]):
+        return None, list(args)
+    if len(args) < 2:
+        raise UsageError("give SOURCE and at least one DEST (host/repo:tag)")
+    return args[0], list(args[1:])
+
+
+def _is_reference(text: str) -> bool:
+    try:
+        parse_reference(text)
+    except UsageError:
+        return False
+    return True
+
+
+def _report_push(result: PushResult, as_json: bool) -> None:
+    if as_json:
+        summary = {
+            "references": list(result.references),
+            "manifest_digest": result.manifest_digest,
+            "seconds": round(result.seconds, 3),
+            "blobs": [
+                {
+                    "digest": b.digest,
+                    "size": b.size,
+                    "outcome": b.outcome,
+                    "mediaType": b.media_type,
+                }
+                for b in result.blobs
+            ],
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for ref in result.references:
+        click.echo(f"{ref}@{result.manifest_digest}")

@@ -77,6 +77,16 @@ class LayerStream:
             raise UsageError("layer digests are known only after the stream is read to the end")
         return self._result
 
+    @property
+    def digest(self) -> Digest:
+        """The blob digest (what a registry names the blob by), once read to the end."""
+        return self.result.digest
+
+    @property
+    def size(self) -> int:
+        """The blob size in bytes, once read to the end."""
+        return self.result.size
+
     def close(self) -> None:
         """Stop early: closes the tar generator now, so its open file is closed now."""
         self._chunks.close()

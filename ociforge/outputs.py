@@ -24,10 +24,10 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 @dataclass(frozen=True)
 class OciTarget:
     directory: str
-    tag: str = "latest"
+    tag: str | None = None  # None: "latest" when writing, "the only image" when reading
 
     def __str__(self) -> str:
-        return f"oci:{self.directory}:{self.tag}"
+        return f"oci:{self.directory}:{self.tag or 'latest'}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) ->
         on_event(BlobFinished(key, "written", size, str(digest)))
     built = plan.finish(results)
     layout.write_blob(built.config)
-    layout.add_manifest(built.manifest, built.manifest_media_type, tag=target.tag)
+    layout.add_manifest(built.manifest, built.manifest_media_type, tag=target.tag or "latest")
     return built
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-# PLUGINS
+pytest_plugins = ["tests.support.registry_fixtures"]
 
 # No substituters: every store path the tests need is built locally, and without this every nix
 # call first spends seconds failing to reach cache.nixos.org on these offline machines.

@@ -1,0 +1,67 @@
+"""Registry access: the only package of ociforge that imports httpx.
+
+It moves blobs and manifests as raw bytes plus media type strings and knows nothing about images,
+layers, tar streams or nix. Operations are functions taking a :class:`RegistryClient`.
+"""
+
+from __future__ import annotations
+
+from ociforge.registry.auth import Challenge, merge_scopes, parse_challenges, repository_scope
+from ociforge.registry.client import RegistryClient
+from ociforge.registry.credentials import Credentials, auth_file_paths, resolve_credentials
+from ociforge.registry.manifests import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    MANIFEST_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    get_manifest,
+    put_manifest,
+)
+from ociforge.registry.responses import check_response, redact_url
+from ociforge.registry.upload import (
+    BlobJob,
+    BlobResult,
+    BlobStream,
+    BytesBlob,
+    HashingStream,
+    StreamOpener,
+    blob_exists,
+    mount_blob,
+    push_blob,
+    upload_all,
+    upload_blob,
+    upload_bytes,
+)
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "BlobJob",
+    "BlobResult",
+    "BlobStream",
+    "BytesBlob",
+    "Challenge",
+    "Credentials",
+    "HashingStream",
+    "RegistryClient",
+    "StreamOpener",
+    "auth_file_paths",
+    "blob_exists",
+    "check_response",
+    "get_manifest",
+    "merge_scopes",
+    "mount_blob",
+    "parse_challenges",
+    "push_blob",
+    "put_manifest",
+    "redact_url",
+    "repository_scope",
+    "resolve_credentials",
+    "upload_all",
+    "upload_blob",
+    "upload_bytes",
+]

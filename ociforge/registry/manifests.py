@@ -1,0 +1,70 @@
+"""Manifest GET and PUT, kept as raw bytes: the digest is taken over exactly the bytes sent."""
+
+from __future__ import annotations
+
+from ociforge.digest import Digest
+from ociforge.errors import DigestMismatchError, ImageError, RegistryError
+from ociforge.registry.auth import repository_scope
+from ociforge.registry.client import RegistryClient
+from ociforge.registry.responses import redact_url
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+# 2.8.2 answers 404 for an OCI manifest unless the OCI type is accepted: always send all four.
+MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution 2.8.2's limit
+
+
+def get_manifest(client: RegistryClient, repo: str, ref: str) -> tuple[bytes, str, Digest] | None:
+    """The manifest ``ref`` (tag or digest) of ``repo`` as (bytes, media type, digest), or None."""
+    response = client.request(
+        "GET",
+        f"/v2/{repo}/manifests/{ref}",
+        scopes=[repository_scope(repo, "pull")],
+        headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        expect={200, 404},
+        follow_redirects=True,
+    )
+    if response.status_code == 404:
+        return None
+    data = response.content
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise RegistryError(
+            f"manifest {ref} of {repo} is {len(data)} bytes, more than a manifest may be",
+            method="GET",
+            url=redact_url(response.request.url),
+        )
+    digest = Digest.of(data)
+    if ref.startswith("sha256:") and ref != str(digest):
+        raise DigestMismatchError(f"manifest {repo}@{ref}", ref, str(digest))
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    return data, media_type, digest
+
+
+def put_manifest(
+    client: RegistryClient, repo: str, ref: str, data: bytes, media_type: str
+) -> Digest:
+    """PUT ``data`` as ``repo:ref`` with Content-Type ``media_type``; return its digest.
+
+    Every blob it references must already be in ``repo`` (else MANIFEST_BLOB_UNKNOWN), and
+    ``media_type`` must equal the manifest's own ``mediaType`` (else MANIFEST_INVALID).
+    """
+    digest = Digest.of(data)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ImageError(f"manifest is {len(data)} bytes; registries accept at most 4 MiB")
+    if ref.startswith("sha256:") and ref != str(digest):
+        raise DigestMismatchError(f"manifest for {repo}@{ref}", ref, str(digest))
+    response = client.request(
+        "PUT",
+        f"/v2/{repo}/manifests/{ref}",
+        scopes=[repository_scope(repo)],
+        headers={"Content-Type": media_type},
+        content=data,
+        key="manifest",
+    )
+    stored = response.headers.get("docker-content-digest")
+    if stored and stored != str(digest):
+        raise DigestMismatchError(f"registry stored manifest {repo}:{ref}", str(digest), stored)
+    return digest

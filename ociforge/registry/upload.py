@@ -1,0 +1,358 @@
+"""Blob operations: existence, cross-repo mount, streamed and chunked uploads, concurrency.
+
+The streaming flow (registry-notes.md, "Blob upload"): ``POST`` starts a session, one ``PATCH``
+carries the whole blob as a chunked-encoded stream, ``PUT <location>&digest=`` with an empty
+body finalises it. The digest is known only when the stream is exhausted, which is exactly when
+the PUT needs it. Every step follows the newest ``Location``. When anything fails in a way a new
+attempt may cure, the whole blob is restarted from byte 0 in a fresh session: the caller's
+``open_stream`` regenerates the identical bytes (layers are recipes, not files).
+
+Chunked mode (``chunk_size``) sends several PATCHes with ``Content-Range: start-end`` for
+registries and proxies that cap one request's size; it holds one chunk in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import httpx
+
+from ociforge.digest import Digest, HashingCounter
+from ociforge.errors import DigestMismatchError, RegistryError, UsageError
+from ociforge.events import BlobFinished, BlobProgress, BlobStarted
+from ociforge.registry.auth import repository_scope
+from ociforge.registry.client import Body, RegistryClient
+
+log = logging.getLogger(__name__)
+
+_OCTET = {"Content-Type": "application/octet-stream"}
+# A stale or vanished session is final for that request but not for the blob.
+_SESSION_CODES = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
+
+
+class BlobStream(Protocol):
+    """An iterable of byte chunks that knows its digest and size once exhausted."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+StreamOpener = Callable[[], BlobStream]
+
+
+class HashingStream:
+    """Wraps plain chunks into a BlobStream that hashes and counts them as they pass."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._counter = HashingCounter()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._counter.tap(self._chunks)
+
+    @property
+    def digest(self) -> Digest:
+        return self._counter.digest
+
+    @property
+    def size(self) -> int:
+        return self._counter.size
+
+
+class BytesBlob(HashingStream):
+    """A blob already in memory (a config): sent with Content-Length, repeatable after a 401."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__([data] if data else [])
+        self.data = data
+
+
+@dataclass(frozen=True)
+class BlobJob:
+    """One blob to get into a repository: skipped if present, mounted if possible, else sent."""
+
+    key: str
+    open_stream: StreamOpener
+    expected: Digest | None = None
+    mount_from: str | None = None
+    size: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BlobResult:
+    key: str
+    digest: Digest
+    size: int
+    outcome: Literal["uploaded", "skipped", "mounted"]
+
+
+def blob_exists(client: RegistryClient, repo: str, digest: Digest) -> int | None:
+    """``HEAD`` the blob in ``repo`` (existence is per repository): its size, or None."""
+    response = client.request(
+        "HEAD",
+        f"/v2/{repo}/blobs/{digest}",
+        scopes=[repository_scope(repo)],
+        expect={200, 404},
+        follow_redirects=True,
+    )
+    if response.status_code == 404:
+        return None
+    return int(response.headers.get("content-length", "0"))
+
+
+def mount_blob(client: RegistryClient, repo: str, digest: Digest, from_repo: str) -> bool:
+    """Ask the registry to link ``digest`` from ``from_repo``; True only on 201 Created.
+
+    Anything else means "upload normally": 202 opened an ordinary session (cancelled here so it
+    does not linger), and a 401/403/404 usually means the token may not read ``from_repo``.
+    """
+    scopes = [repository_scope(repo), repository_scope(from_repo, "pull")]
+    try:
+        response = client.request(
+            "POST",
+            client.url(f"/v2/{repo}/blobs/uploads/").copy_merge_params(
+                {"mount": str(digest), "from": from_repo}
+            ),
+            scopes=scopes,
+        )
+    except RegistryError as error:
+        if error.temporary:
+            raise
+        log.debug("mount of %s from %s refused: %s", digest, from_repo, error)
+        return False
+    if response.status_code == 201:
+        return True
+    if response.status_code == 202 and "location" in response.headers:
+        _cancel_session(client, client.location(response), scopes)
+    return False
+
+
+def upload_blob(
+    client: RegistryClient,
+    repo: str,
+    open_stream: StreamOpener,
+    *,
+    key: str,
+    expected: Digest | None = None,
+    chunk_size: int | None = None,
+    total: int | None = None,
+    description: str = "",
+    cancel: threading.Event | None = None,
+) -> tuple[Digest, int]:
+    """Upload one blob, retrying it whole in fresh sessions; return its digest and size.
+
+    If ``expected`` is given and the bytes hash differently, DigestMismatchError is raised
+    before the finalising PUT: a wrong blob is never committed. Setting ``cancel`` aborts the
+    upload at the next chunk.
+    """
+    if chunk_size is not None and chunk_size <= 0:
+        raise UsageError(f"chunk size must be positive, got {chunk_size}")
+    client.on_event(BlobStarted(key, total, description))
+    attempt = 0
+    while True:
+        try:
+            session = _Session.start(client, repo, key, cancel)
+            digest, size = session.send(open_stream, expected, chunk_size)
+        except RegistryError as error:
+            attempt += 1
+            restartable = error.temporary or bool(_SESSION_CODES & set(error.codes))
+            wait = client.retry_delay(error, attempt, temporary=restartable)
+            if wait is None or (cancel is not None and cancel.is_set()):
+                raise
+            client.announce_retry(error, attempt, wait, key=key, restart=True)
+            continue
+        client.on_event(BlobFinished(key, "uploaded", size, str(digest)))
+        return digest, size
+
+
+def upload_bytes(client: RegistryClient, repo: str, data: bytes, *, key: str = "config") -> Digest:
+    """Push an in-memory blob (a config) unless ``repo`` already has it; return its digest."""
+    job = BlobJob(key, lambda: BytesBlob(data), expected=Digest.of(data), size=len(data))
+    return push_blob(client, repo, job).digest
+
+
+def push_blob(
+    client: RegistryClient,
+    repo: str,
+    job: BlobJob,
+    *,
+    chunk_size: int | None = None,
+    cancel: threading.Event | None = None,
+) -> BlobResult:
+    """HEAD (if the digest is known), then mount (if a source repo is given), then upload."""
+    if cancel is not None and cancel.is_set():
+        raise RegistryError(f"push of {job.key} cancelled because another blob upload failed")
+    if job.expected is not None:
+        size = blob_exists(client, repo, job.expected)
+        outcome: Literal["skipped", "mounted"] = "skipped"
+        mountable = size is None and job.mount_from and job.mount_from != repo
+        if mountable and mount_blob(client, repo, job.expected, job.mount_from or ""):
+            outcome = "mounted"
+            size = job.size if job.size is not None else blob_exists(client, repo, job.expected)
+            size = size or 0
+        if size is not None:
+            client.on_event(BlobStarted(job.key, job.size, job.description))
+            client.on_event(BlobFinished(job.key, outcome, size, str(job.expected)))
+            return BlobResult(job.key, job.expected, size, outcome)
+    digest, size = upload_blob(
+        client,
+        repo,
+        job.open_stream,
+        key=job.key,
+        expected=job.expected,
+        chunk_size=chunk_size,
+        total=job.size,
+        description=job.description,
+        cancel=cancel,
+    )
+    return BlobResult(job.key, digest, size, "uploaded")
+
+
+def upload_all(
+    client: RegistryClient,
+    repo: str,
+    jobs: Sequence[BlobJob],
+    *,
+    max_workers: int = 4,
+    chunk_size: int | None = None,
+) -> list[BlobResult]:
+    """Push ``jobs`` with at most ``max_workers`` in flight; results in job order.
+
+    The first failure stops the others (pending ones never start, running ones abort at their
+    next chunk) and is raised once they have stopped.
+    """
+    if max_workers < 1:
+        raise UsageError(f"max_workers must be at least 1, got {max_workers}")
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ociforge-push") as pool:
+        futures = [
+            pool.submit(push_blob, client, repo, job, chunk_size=chunk_size, cancel=cancel)
+            for job in jobs
+        ]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            raise
+    return [future.result() for future in futures]
+
+
+@dataclass
+class _Session:
+    """One attempt at one blob: the upload session and the newest Location it announced."""
+
+    client: RegistryClient
+    repo: str
+    key: str
+    cancel: threading.Event | None
+    location: httpx.URL
+
+    @classmethod
+    def start(
+        cls, client: RegistryClient, repo: str, key: str, cancel: threading.Event | None
+    ) -> _Session:
+        # A body-less POST first: it answers any auth challenge before a body is streamed.
+        started = client.request(
+            "POST", f"/v2/{repo}/blobs/uploads/", scopes=[repository_scope(repo)], key=key
+        )
+        return cls(client, repo, key, cancel, client.location(started))
+
+    @property
+    def scopes(self) -> list[str]:
+        return [repository_scope(self.repo)]
+
+    def send(
+        self, stream_opener: StreamOpener, expected: Digest | None, chunk_size: int | None
+    ) -> tuple[Digest, int]:
+        stream = stream_opener()
+        if chunk_size is not None:
+            self._patch_chunks(stream, chunk_size)
+        elif isinstance(stream, BytesBlob):
+            list(stream)  # hash it; bytes can be repeated after a 401, a generator cannot
+            self.patch(stream.data, {})
+            self.client.on_event(BlobProgress(self.key, stream.size))
+        else:
+            self.patch(_reporting(_checked(stream, self.cancel), self.client, self.key), {})
+        digest, size = stream.digest, stream.size
+        if expected is not None and digest != expected:
+            self.abandon()
+            raise DigestMismatchError(f"blob {self.key}", str(expected), str(digest))
+        final = httpx.URL(f"{self.location}{'&' if self.location.query else '?'}digest={digest}")
+        response = self.request("PUT", final, content=b"")
+        stored = response.headers.get("docker-content-digest")
+        if stored and stored != str(digest):
+            raise DigestMismatchError(f"registry stored blob {self.key}", str(digest), stored)
+        return digest, size
+
+    def request(
+        self, method: str, url: httpx.URL, content: Body = None, headers: Mapping[str, str] = _OCTET
+    ) -> httpx.Response:
+        return self.client.request(
+            method, url, scopes=self.scopes, headers=headers, content=content, key=self.key
+        )
+
+    def patch(self, content: Body, extra_headers: Mapping[str, str]) -> None:
+        response = self.request("PATCH", self.location, content, {**_OCTET, **extra_headers})
+        # The newest Location is the only valid one; a registry that sends none keeps the old.
+        if "location" in response.headers:
+            self.location = self.client.location(response)
+
+    def _patch_chunks(self, stream: BlobStream, chunk_size: int) -> None:
+        offset = 0
+        for piece in _rechunk(_checked(stream, self.cancel), chunk_size):
+            # No "bytes " prefix: the distribution API's Content-Range is plain start-end.
+            self.patch(piece, {"Content-Range": f"{offset}-{offset + len(piece) - 1}"})
+            offset += len(piece)
+            self.client.on_event(BlobProgress(self.key, len(piece)))
+
+    def abandon(self) -> None:
+        """Best-effort DELETE of a session we will not finish (it would expire anyway)."""
+        _cancel_session(self.client, self.location, self.scopes)
+
+
+def _checked(chunks: Iterable[bytes], cancel: threading.Event | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if cancel is not None and cancel.is_set():
+            raise RegistryError("upload cancelled because another blob upload failed")
+        if chunk:
+            yield chunk
+
+
+def _reporting(chunks: Iterable[bytes], client: RegistryClient, key: str) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+        # Reported once httpx asks for the next chunk, i.e. after this one was written.
+        client.on_event(BlobProgress(key, len(chunk)))
+
+
+def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+def _cancel_session(client: RegistryClient, location: httpx.URL, scopes: list[str]) -> None:
+    """Best-effort DELETE of an upload session we will not finish (it would expire anyway)."""
+    try:
+        client.request("DELETE", location, scopes=scopes)
+    except RegistryError as error:
+        log.debug("could not cancel upload session: %s", error)
