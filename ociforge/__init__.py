@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 
 from __future__ import annotations
 
-from ociforge.api import BuildResult, build, host_system, load_closure
+from ociforge.api import BuildResult, build, host_system, load_closure, push
 from ociforge.assemble import BuiltImage, ImageOptions
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
@@ -30,6 +30,9 @@ from ociforge.events import (
 from ociforge.image import RuntimeConfig
 from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
 from ociforge.nix import Closure, StorePathInfo, read_closure
+from ociforge.push import PushedBlob, PushResult, RegistryOptions
+from ociforge.reference import Reference, parse_reference
+from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "Closure",
     "Compression",
     "CompressionOptions",
+    "Credentials",
     "Digest",
     "DigestMismatchError",
     "Event",
@@ -54,7 +58,11 @@ __all__ = [
     "NixError",
     "OciforgeError",
     "ProgressCallback",
+    "PushResult",
+    "PushedBlob",
+    "Reference",
     "RegistryError",
+    "RegistryOptions",
     "RuntimeConfig",
     "StorePathInfo",
     "TarOptions",
@@ -62,6 +70,8 @@ __all__ = [
     "build",
     "host_system",
     "load_closure",
+    "parse_reference",
     "plan_layers",
+    "push",
     "read_closure",
 ]
