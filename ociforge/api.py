@@ -26,7 +26,14 @@ from ociforge.outputs import (
     write_docker_archive,
     write_oci,
 )
-from ociforge.push import PushResult, RegistryOptions, push_layout, push_plan
+from ociforge.push import (
+    PushPreview,
+    PushResult,
+    RegistryOptions,
+    preview_push,
+    push_layout,
+    push_plan,
+)
 from ociforge.reference import Reference, parse_reference
 
 _HOST_SYSTEMS = {
@@ -127,19 +134,50 @@ def push(
     ``source`` is an installable or closure (the image is built while it streams up) or
     ``oci:DIR[:TAG]`` (an image built before, pushed byte for byte). Layers go up first, in
     parallel, then the config, then the manifest under each tag: a failed push tags nothing.
+    Layers the local cache or the tag's previous manifest already know are not rebuilt.
 
     Example::
 
         result = ociforge.push(".#devshell", ["registry.example.com/group/proj/builder:latest"])
-        print(result.manifest_digest)
+        print(result.manifest_digest, result.up_to_date)
     """
     refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
     reg = registry or RegistryOptions()
-    if isinstance(source, str) and source.startswith("oci:"):
-        target = parse_target(source)
-        assert isinstance(target, OciTarget)
-        tag = target.tag if source.count(":") > 1 else None
-        return push_layout(target.directory, tag, refs, reg, on_event)
-    closure = load_closure(source, closure_json=closure_json, nix=nix)
-    plan = plan_image(closure, options or ImageOptions(), host_system=host_system())
+    layout = _layout_source(source)
+    if layout is not None:
+        return push_layout(layout.directory, layout.tag, refs, reg, on_event)
+    plan = _plan(source, options, closure_json, nix)
     return push_plan(plan, refs, reg, on_event)
+
+
+def preview(
+    source: str | Closure | None,
+    destinations: Sequence[str | Reference],
+    *,
+    options: ImageOptions | None = None,
+    registry: RegistryOptions | None = None,
+    closure_json: str | None = None,
+    nix: str = "nix",
+) -> PushPreview:
+    """What :func:`push` would do with the same arguments, without uploading anything."""
+    refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
+    if _layout_source(source) is not None:
+        raise UsageError("--dry-run previews images built from an installable, not oci: sources")
+    plan = _plan(source, options, closure_json, nix)
+    return preview_push(plan, refs, registry or RegistryOptions())
+
+
+def _layout_source(source: str | Closure | None) -> OciTarget | None:
+    if not (isinstance(source, str) and source.startswith("oci:")):
+        return None
+    target = parse_target(source)
+    if not isinstance(target, OciTarget):
+        raise UsageError(f"cannot push from {source!r}: use oci:DIR[:TAG] or an installable")
+    return target
+
+
+def _plan(
+    source: str | Closure | None, options: ImageOptions | None, closure_json: str | None, nix: str
+) -> ImagePlan:
+    closure = load_closure(source, closure_json=closure_json, nix=nix)
+    return plan_image(closure, options or ImageOptions(), host_system=host_system())

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ociforge.cache import KEY_ANNOTATION, layer_key
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
@@ -25,7 +27,7 @@ from ociforge.image import (
     manifest_media_type,
     platform_for_system,
 )
-from ociforge.layer import EntriesLayer, LayerDigests, LayerRecipe, StoreLayer
+from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
 from ociforge.rootfs import default_path, root_links
@@ -56,6 +58,18 @@ class PlannedLayer:
     recipe: LayerRecipe
     comment: str
     media_type: str
+    key: str  # cache.layer_key: identity of the blob's bytes, known before reading any
+
+
+class LayerFacts(Protocol):
+    """What config and manifest need of a layer: from a stream, the cache or the registry."""
+
+    @property
+    def diff_id(self) -> Digest: ...
+    @property
+    def digest(self) -> Digest: ...
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,10 @@ class ImagePlan:
     options: ImageOptions
     host_system: str
 
-    def finish(self, results: Sequence[LayerDigests]) -> BuiltImage:
+    def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
         if len(results) != len(self.layers):
-            raise UsageError("internal: one LayerDigests per planned layer is required")
+            raise UsageError("internal: one result per planned layer is required")
         return _finish(self, results)
 
 
@@ -98,8 +112,8 @@ def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> 
         sizes={p: i.nar_size for p, i in closure.paths.items()},
     )
     media = layer_media_type(options.format, options.compression.algorithm.value)
-    layers = [
-        PlannedLayer(
+    recipes: list[tuple[LayerRecipe, str]] = [
+        (
             StoreLayer(
                 paths=plan.paths,
                 store_dir=closure.store_dir,
@@ -107,7 +121,6 @@ def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> 
                 compression=options.compression,
             ),
             _comment(plan.paths),
-            media,
         )
         for plan in plans
     ]
@@ -117,7 +130,12 @@ def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> 
             recipe = EntriesLayer(
                 entries=entries, tar_options=options.tar, compression=options.compression
             )
-            layers.append(PlannedLayer(recipe, "customisation: roots linked into /", media))
+            recipes.append((recipe, "customisation: roots linked into /"))
+    nar_hashes = {p: info.nar_hash for p, info in closure.paths.items()}
+    layers = [
+        PlannedLayer(recipe, comment, media, layer_key(recipe, nar_hashes, media))
+        for recipe, comment in recipes
+    ]
     return ImagePlan(closure, tuple(layers), options, host_system)
 
 
@@ -143,7 +161,7 @@ def _platform(plan: ImagePlan) -> tuple[str, str, str | None]:
     return arch, opts.os or os_name, opts.variant or variant
 
 
-def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
+def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     opts = plan.options
     arch, os_name, variant = _platform(plan)
     config = build_config(
@@ -158,8 +176,16 @@ def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
     )
     config_bytes = canonical_json(config)
     cfg_type = config_media_type(opts.format)
+    # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
+    # even on a fresh runner, recognises unchanged layers from the manifest alone.
+    oci = opts.format == "oci"
     layers = tuple(
-        Descriptor(mediaType=layer.media_type, digest=str(r.digest), size=r.size)
+        Descriptor(
+            mediaType=layer.media_type,
+            digest=str(r.digest),
+            size=r.size,
+            annotations={KEY_ANNOTATION: layer.key} if oci else None,
+        )
         for layer, r in zip(plan.layers, results, strict=True)
     )
     manifest = Manifest(

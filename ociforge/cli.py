@@ -14,19 +14,21 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import click
 
-from ociforge.api import BuildResult, build, push
+from ociforge.api import BuildResult, build, preview, push
 from ociforge.assemble import EPOCH_PLUS_ONE, ImageOptions
+from ociforge.cache import default_cache_dir
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
 from ociforge.image import RuntimeConfig, parse_env_items
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
-from ociforge.push import PushResult, RegistryOptions
+from ociforge.push import PushPreview, PushResult, RegistryOptions
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions
@@ -208,6 +210,14 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         click.echo("ociforge: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug of ours: still one line, the traceback under --debug
+        if debug:
+            raise
+        click.echo(
+            f"ociforge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -327,6 +337,8 @@ def _registry_options(kw: dict[str, Any]) -> RegistryOptions:
         jobs=kw["jobs"],
         chunk_size=parse_size(kw["chunk_size"], "--chunk-size") if kw["chunk_size"] else None,
         mount_from=kw["mount_from"],
+        cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or str(default_cache_dir())),
+        cache_from=tuple(parse_reference(r) for r in kw["cache_from"]),
     )
 
 
@@ -360,6 +372,27 @@ def _registry_flags(func: F) -> F:
                 metavar="REPO",
                 help="Mount blobs from this repository of the same registry when possible.",
             ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False),
+                help="Local layer cache (default: $OCIFORGE_CACHE_DIR or ~/.cache/ociforge).",
+            ),
+            click.option(
+                "--no-cache",
+                is_flag=True,
+                help="Do not use the local layer cache (the registry's manifests still count).",
+            ),
+            click.option(
+                "--cache-from",
+                multiple=True,
+                metavar="REF",
+                help="Reuse unchanged layers of this image (same registry). Repeatable.",
+            ),
+            click.option(
+                "--dry-run",
+                is_flag=True,
+                help="Show per layer: reused / mounted / to upload, and upload nothing.",
+            ),
         ]
     ):
         func = decorator(func)
@@ -383,6 +416,19 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
         source, dests = _source_and_destinations(args, kw["closure_json"])
         options = options_from_cli(kw)
         registry = _registry_options(kw)
+        if kw["dry_run"]:
+            _report_preview(
+                preview(
+                    source,
+                    dests,
+                    options=options,
+                    registry=registry,
+                    closure_json=kw["closure_json"],
+                    nix=kw["nix_bin"],
+                ),
+                kw["as_json"],
+            )
+            return
         with ProgressDisplay.for_cli(kw["progress"], kw["quiet"]) as display:
             result = push(
                 source,
@@ -416,10 +462,28 @@ def _is_reference(text: str) -> bool:
     return True
 
 
+def _report_preview(result: PushPreview, as_json: bool) -> None:
+    if as_json:
+        summary = {
+            "references": list(result.references),
+            "up_to_date": result.up_to_date,
+            "layers": [asdict(row) for row in result.layers],
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
+    total = len(result.layers)
+    for row in result.layers:
+        size = f"{row.size} B" if row.size is not None else f"~{row.estimate} B uncompressed"
+        click.echo(f"layer {row.index + 1}/{total}  {row.action:<7} {size:>24}  {row.comment}")
+    state = "up to date" if result.up_to_date else "would push"
+    click.echo(f"{', '.join(result.references)}: {state}")
+
+
 def _report_push(result: PushResult, as_json: bool) -> None:
     if as_json:
         summary = {
             "references": list(result.references),
+            "up_to_date": result.up_to_date,
             "manifest_digest": result.manifest_digest,
             "seconds": round(result.seconds, 3),
             "blobs": [
@@ -434,5 +498,7 @@ def _report_push(result: PushResult, as_json: bool) -> None:
         }
         click.echo(json.dumps(summary, indent=2))
         return
+    if result.up_to_date:
+        click.echo("ociforge: up to date: every tag already holds this image", err=True)
     for ref in result.references:
         click.echo(f"{ref}@{result.manifest_digest}")

@@ -11,15 +11,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ociforge.assemble import ImagePlan
+from ociforge.assemble import ImagePlan, LayerFacts
+from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
-from ociforge.errors import UsageError
+from ociforge.errors import DigestMismatchError, UsageError
 from ociforge.events import ProgressCallback, ignore_event
 from ociforge.image import Descriptor, OciLayout, parse_manifest
-from ociforge.layer import LayerDigests, LayerStream
+from ociforge.layer import LayerStream
 from ociforge.reference import Reference
 from ociforge.registry import (
     BlobJob,
@@ -27,11 +28,14 @@ from ociforge.registry import (
     Credentials,
     HashingStream,
     RegistryClient,
+    get_manifest,
     put_manifest,
+    repository_scope,
     resolve_credentials,
     upload_all,
     upload_bytes,
 )
+from ociforge.reuse import LayerPreview, known_layers, preview_layers
 
 _READ_SIZE = 1 << 20
 
@@ -49,6 +53,10 @@ class RegistryOptions:
     retries: int = 5
     env: Mapping[str, str] | None = None  # default: os.environ (credential chain)
     home: Path | None = None
+    # Local layer cache (default: $OCIFORGE_CACHE_DIR or the XDG cache dir); None disables it
+    # and leaves only what the registry's previous manifests tell.
+    cache_dir: str | None = field(default_factory=lambda: str(default_cache_dir()))
+    cache_from: tuple[Reference, ...] = ()  # more images (same registry) to reuse layers from
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class PushResult:
     manifest_digest: str
     blobs: tuple[PushedBlob, ...]
     seconds: float
+    up_to_date: bool = False  # every tag already held this manifest: nothing was sent
 
 
 def check_same_registry(refs: Sequence[Reference]) -> None:
@@ -101,34 +110,181 @@ def push_plan(
     opts: RegistryOptions,
     on_event: ProgressCallback = ignore_event,
 ) -> PushResult:
-    """Stream the plan's layers to the first destination, then tag every destination."""
-    check_same_registry(refs)
+    """Stream the plan's unknown layers to the first destination, then tag every destination.
+
+    Layers whose key the cache or a previous manifest knows are only checked (HEAD) or
+    mounted; if every layer is known and every tag already holds the resulting manifest,
+    nothing is uploaded at all ("up to date").
+    """
+    check_same_registry([*refs, *opts.cache_from])
     started = time.monotonic()
+    cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
     with open_client(refs[0].registry, opts, on_event) as client:
         client.ping()
-        streams: dict[str, LayerStream] = {}
-        lock = threading.Lock()
-        jobs = [
-            BlobJob(
-                key=f"layer {i + 1}/{len(plan.layers)}",
-                open_stream=_remembering(layer.recipe.open, streams, f"{i}", lock),
-                description=layer.comment,
-            )
-            for i, layer in enumerate(plan.layers)
-        ]
-        results = upload_all(
-            client, refs[0].repository, jobs, max_workers=opts.jobs, chunk_size=opts.chunk_size
+        scopes = _push_scopes(refs, opts)
+        current = _current_manifests(client, refs, scopes)
+        known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
+        if all(layer.key in known for layer in plan.layers):
+            built = plan.finish([known[layer.key] for layer in plan.layers])
+            if _all_tagged(refs, current, Digest.of(built.manifest)):
+                blobs = [_known_blob(known[layer.key], "skipped") for layer in plan.layers]
+                return PushResult(
+                    _tagged(refs),
+                    str(Digest.of(built.manifest)),
+                    tuple(blobs),
+                    time.monotonic() - started,
+                    up_to_date=True,
+                )
+        results, facts = _push_layers(
+            client, plan, refs[0].repository, known, cache=cache, opts=opts
         )
-        digests: list[LayerDigests] = [streams[str(i)].result for i in range(len(jobs))]
-        built = plan.finish(digests)
-        blobs = [
-            _pushed(r, layer.media_type) for r, layer in zip(results, built.layers, strict=True)
-        ]
+        built = plan.finish(facts)
+        blobs = [_pushed(r, d.media_type) for r, d in zip(results, built.layers, strict=True)]
         blobs += _copy_to_other_repos(client, refs, built.layers, opts)
         manifest_digest = _tag_all(
-            client, refs, built.config, built.manifest, built.manifest_media_type
+            client, refs, built.config, built.manifest, built.manifest_media_type, current=current
         )
     return PushResult(_tagged(refs), manifest_digest, tuple(blobs), time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class PushPreview:
+    """What ``push`` would do (``--dry-run``): per layer, and whether the tags are current."""
+
+    references: tuple[str, ...]
+    layers: tuple[LayerPreview, ...]
+    up_to_date: bool
+
+
+def preview_push(
+    plan: ImagePlan,
+    refs: Sequence[Reference],
+    opts: RegistryOptions,
+    on_event: ProgressCallback = ignore_event,
+) -> PushPreview:
+    """Everything ``push_plan`` would decide, with HEAD requests only: nothing is uploaded."""
+    check_same_registry([*refs, *opts.cache_from])
+    cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
+    with open_client(refs[0].registry, opts, on_event) as client:
+        client.ping()
+        scopes = _push_scopes(refs, opts)
+        current = _current_manifests(client, refs, scopes)
+        known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
+        up_to_date = False
+        if all(layer.key in known for layer in plan.layers):
+            built = plan.finish([known[layer.key] for layer in plan.layers])
+            up_to_date = _all_tagged(refs, current, Digest.of(built.manifest))
+        repo = refs[0].repository
+        rows = preview_layers(client, plan, repo, known, _mount_source(opts, repo))
+    return PushPreview(_tagged(refs), tuple(rows), up_to_date)
+
+
+def _push_layers(
+    client: RegistryClient,
+    plan: ImagePlan,
+    repo: str,
+    known: Mapping[str, KnownLayer],
+    *,
+    cache: LayerCache | None,
+    opts: RegistryOptions,
+) -> tuple[list[BlobResult], list[LayerFacts]]:
+    """Upload what the registry lacks; return each layer's outcome and digests, in order."""
+    streams: dict[str, LayerStream] = {}
+    lock = threading.Lock()
+    jobs = [
+        BlobJob(
+            key=f"layer {i + 1}/{len(plan.layers)}",
+            open_stream=_remembering(layer.recipe.open, streams, layer.key, lock),
+            expected=known[layer.key].digest if layer.key in known else None,
+            mount_from=_mount_source(opts, repo) if layer.key in known else None,
+            size=known[layer.key].size if layer.key in known else None,
+            description=layer.comment,
+        )
+        for i, layer in enumerate(plan.layers)
+    ]
+    try:
+        results = upload_all(client, repo, jobs, max_workers=opts.jobs, chunk_size=opts.chunk_size)
+    except DigestMismatchError:
+        # A known digest that the layer does not reproduce: the knowledge was stale. Forget it
+        # and push again trusting only what the streams compute.
+        for key in streams.keys() & known.keys():
+            if cache is not None:
+                cache.forget(key)
+        fresh = {k: v for k, v in known.items() if k not in streams}
+        return _push_layers(client, plan, repo, fresh, cache=cache, opts=opts)
+    facts: list[LayerFacts] = []
+    for layer in plan.layers:
+        stream = streams.get(layer.key)
+        if stream is not None:
+            result = stream.result
+            facts.append(result)
+            if cache is not None:
+                cache.put(
+                    layer.key,
+                    KnownLayer(result.diff_id, result.digest, result.size, layer.media_type),
+                )
+        else:
+            facts.append(known[layer.key])
+    return results, facts
+
+
+def _push_scopes(refs: Sequence[Reference], opts: RegistryOptions) -> list[str]:
+    """One scope set for the whole push: push on every destination, pull on every source."""
+    push = [repository_scope(r.repository) for r in refs]
+    pull = [repository_scope(r.repository, "pull") for r in opts.cache_from]
+    if opts.mount_from:
+        pull.append(repository_scope(opts.mount_from, "pull"))
+    return list(dict.fromkeys([*push, *pull]))
+
+
+def _current_manifests(
+    client: RegistryClient, refs: Sequence[Reference], scopes: Sequence[str]
+) -> dict[str, tuple[bytes, str, Digest] | None]:
+    """What each destination tag points to now (``name:tag`` -> manifest or None)."""
+    current: dict[str, tuple[bytes, str, Digest] | None] = {}
+    for ref in refs:
+        name = f"{ref.name}:{ref.manifest_ref}"
+        if name not in current:
+            current[name] = get_manifest(client, ref.repository, ref.manifest_ref, scopes=scopes)
+    return current
+
+
+def _sources(
+    client: RegistryClient,
+    current: Mapping[str, tuple[bytes, str, Digest] | None],
+    opts: RegistryOptions,
+    scopes: Sequence[str],
+) -> Iterator[tuple[str, bytes, str]]:
+    """Manifests to learn layers from: the destinations' current ones, then --cache-from."""
+    for name, found in current.items():
+        if found is not None:
+            yield name.split("/", 1)[1].rsplit(":", 1)[0], found[0], found[1]
+    for ref in opts.cache_from:
+        found = get_manifest(client, ref.repository, ref.manifest_ref, scopes=scopes)
+        if found is not None:
+            yield ref.repository, found[0], found[1]
+
+
+def _mount_source(opts: RegistryOptions, repo: str) -> str | None:
+    for candidate in [opts.mount_from, *(r.repository for r in opts.cache_from)]:
+        if candidate and candidate != repo:
+            return candidate
+    return None
+
+
+def _all_tagged(
+    refs: Sequence[Reference],
+    current: Mapping[str, tuple[bytes, str, Digest] | None],
+    digest: Digest,
+) -> bool:
+    return all(
+        (found := current.get(f"{r.name}:{r.manifest_ref}")) is not None and found[2] == digest
+        for r in refs
+    )
+
+
+def _known_blob(layer: KnownLayer, outcome: str) -> PushedBlob:
+    return PushedBlob(str(layer.digest), layer.size, outcome, layer.media_type)
 
 
 def push_layout(
@@ -238,6 +394,8 @@ def _tag_all(
     config: bytes | None,
     manifest: bytes,
     media_type: str,
+    *,
+    current: Mapping[str, tuple[bytes, str, Digest] | None] | None = None,
 ) -> str:
     """Config blob (when built here), then the manifest under every tag or digest asked for."""
     digest = Digest.of(manifest)
@@ -245,7 +403,9 @@ def _tag_all(
         if config is not None:
             upload_bytes(client, repo, config)
     for ref in refs:
-        put_manifest(client, ref.repository, ref.manifest_ref, manifest, media_type)
+        found = (current or {}).get(f"{ref.name}:{ref.manifest_ref}")
+        if found is None or found[2] != digest:
+            put_manifest(client, ref.repository, ref.manifest_ref, manifest, media_type)
     return str(digest)
 
 

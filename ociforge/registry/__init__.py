@@ -16,6 +16,7 @@ from ociforge.registry.manifests import (
     OCI_INDEX,
     OCI_MANIFEST,
     get_manifest,
+    get_small_blob,
     put_manifest,
 )
 from ociforge.registry.responses import check_response, redact_url
@@ -53,6 +54,7 @@ __all__ = [
     "blob_exists",
     "check_response",
     "get_manifest",
+    "get_small_blob",
     "merge_scopes",
     "mount_blob",
     "parse_challenges",

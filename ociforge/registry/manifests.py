@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError
 from ociforge.registry.auth import repository_scope
@@ -17,12 +19,18 @@ MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFES
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution 2.8.2's limit
 
 
-def get_manifest(client: RegistryClient, repo: str, ref: str) -> tuple[bytes, str, Digest] | None:
-    """The manifest ``ref`` (tag or digest) of ``repo`` as (bytes, media type, digest), or None."""
+def get_manifest(
+    client: RegistryClient, repo: str, ref: str, *, scopes: Sequence[str] | None = None
+) -> tuple[bytes, str, Digest] | None:
+    """The manifest ``ref`` (tag or digest) of ``repo`` as (bytes, media type, digest), or None.
+
+    ``scopes`` default to pull on ``repo``; a pusher passes its push scopes so that one token
+    serves the whole push (GitLab issues a token per scope set).
+    """
     response = client.request(
         "GET",
         f"/v2/{repo}/manifests/{ref}",
-        scopes=[repository_scope(repo, "pull")],
+        scopes=scopes or [repository_scope(repo, "pull")],
         headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
         expect={200, 404},
         follow_redirects=True,
@@ -68,3 +76,33 @@ def put_manifest(
     if stored and stored != str(digest):
         raise DigestMismatchError(f"registry stored manifest {repo}:{ref}", str(digest), stored)
     return digest
+
+
+def get_small_blob(
+    client: RegistryClient,
+    repo: str,
+    digest: Digest,
+    *,
+    max_size: int = MAX_MANIFEST_BYTES,
+    scopes: Sequence[str] | None = None,
+) -> bytes | None:
+    """A small blob (an image config) of ``repo``, checked against its digest; None if absent."""
+    response = client.request(
+        "GET",
+        f"/v2/{repo}/blobs/{digest}",
+        scopes=scopes or [repository_scope(repo, "pull")],
+        expect={200, 404},
+        follow_redirects=True,
+    )
+    if response.status_code == 404:
+        return None
+    data = response.content
+    if len(data) > max_size:
+        raise RegistryError(
+            f"blob {digest} of {repo} is {len(data)} bytes, more than expected ({max_size})",
+            method="GET",
+            url=redact_url(response.request.url),
+        )
+    if Digest.of(data) != digest:
+        raise DigestMismatchError(f"blob {repo}@{digest}", str(digest), str(Digest.of(data)))
+    return data

@@ -1,0 +1,128 @@
+"""What is already known about a plan's layers: from the local cache and from manifests that
+ociforge pushed before (their layer descriptors carry the layer key as an annotation).
+
+Nothing here reads a store file: knowledge is keyed by ``cache.layer_key``, computed from
+narHashes. A manifest's knowledge needs its config (for the diff_ids), one small GET.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ociforge.assemble import ImagePlan
+from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
+from ociforge.digest import Digest
+from ociforge.errors import OciforgeError
+from ociforge.image import IMAGE_MANIFEST_TYPES, parse_image_config, parse_manifest
+from ociforge.registry import RegistryClient, blob_exists, get_small_blob
+
+log = logging.getLogger(__name__)
+
+
+def known_layers(
+    plan: ImagePlan,
+    cache: LayerCache | None,
+    client: RegistryClient,
+    manifests: Iterable[tuple[str, bytes, str]],
+    scopes: Sequence[str],
+) -> dict[str, KnownLayer]:
+    """key -> KnownLayer for every planned layer that the cache or a manifest knows.
+
+    ``manifests`` are (repository, bytes, media type) of images pushed before, consumed lazily:
+    neither they nor their configs are fetched once every planned key is known.
+    """
+    wanted = {layer.key for layer in plan.layers}
+    known: dict[str, KnownLayer] = {}
+    if cache is not None:
+        for key in wanted:
+            hit = cache.get(key)
+            if hit is not None:
+                known[key] = hit
+    for repo, data, media_type in manifests:
+        if wanted <= known.keys():
+            break
+        if media_type not in IMAGE_MANIFEST_TYPES:
+            continue
+        learned = _from_manifest(client, repo, data, wanted - known.keys(), scopes)
+        known.update(learned)
+        if cache is not None:
+            for key, layer in learned.items():
+                cache.put(key, layer)
+    log.debug("%d of %d layers known before streaming", len(known), len(wanted))
+    return known
+
+
+def _from_manifest(
+    client: RegistryClient,
+    repo: str,
+    data: bytes,
+    missing: set[str],
+    scopes: Sequence[str],
+) -> dict[str, KnownLayer]:
+    try:
+        manifest = parse_manifest(data)
+    except OciforgeError as exc:
+        log.debug("ignoring an unreadable manifest in %s: %s", repo, exc)
+        return {}
+    annotated = [
+        (i, (d.annotations or {}).get(KEY_ANNOTATION)) for i, d in enumerate(manifest.layers)
+    ]
+    if not any(key in missing for _, key in annotated):
+        return {}
+    config_bytes = get_small_blob(client, repo, manifest.config.sha256, scopes=scopes)
+    if config_bytes is None:
+        return {}
+    diff_ids = parse_image_config(config_bytes).rootfs.diff_ids
+    if len(diff_ids) != len(manifest.layers):
+        log.debug("ignoring a manifest of %s whose config lists other layers", repo)
+        return {}
+    learned: dict[str, KnownLayer] = {}
+    for i, key in annotated:
+        if key in missing:
+            d = manifest.layers[i]
+            learned[key] = KnownLayer(Digest.parse(diff_ids[i]), d.sha256, d.size, d.media_type)
+    return learned
+
+
+@dataclass(frozen=True)
+class LayerPreview:
+    """What a push would do with one layer (``--dry-run``)."""
+
+    index: int
+    action: str  # "reused" (already in the repository), "mount", "upload"
+    size: int | None  # blob size when known; else None (see ``estimate``)
+    estimate: int  # bytes of store content the layer holds (narSize), an upper bound
+    digest: str | None
+    comment: str
+
+
+def preview_layers(
+    client: RegistryClient,
+    plan: ImagePlan,
+    repo: str,
+    known: Mapping[str, KnownLayer],
+    mount_source: str | None,
+) -> list[LayerPreview]:
+    """Ask the registry (HEAD only) what each layer of ``plan`` would need."""
+    rows = []
+    for index, layer in enumerate(plan.layers):
+        hit = known.get(layer.key)
+        estimate = _estimate(plan, layer.recipe)
+        if hit is None:
+            rows.append(LayerPreview(index, "upload", None, estimate, None, layer.comment))
+            continue
+        if blob_exists(client, repo, hit.digest) is not None:
+            action = "reused"
+        elif mount_source and blob_exists(client, mount_source, hit.digest) is not None:
+            action = "mount"
+        else:
+            action = "upload"
+        rows.append(LayerPreview(index, action, hit.size, estimate, str(hit.digest), layer.comment))
+    return rows
+
+
+def _estimate(plan: ImagePlan, recipe: object) -> int:
+    paths = getattr(recipe, "paths", ())
+    return sum(plan.closure.paths[p].nar_size for p in paths if p in plan.closure.paths)
