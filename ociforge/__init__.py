@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 
 from __future__ import annotations
 
-from ociforge.api import BuildResult, build, host_system, load_closure, push
+from ociforge.api import BuildResult, build, host_system, load_closure, preview, push
 from ociforge.assemble import BuiltImage, ImageOptions
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
@@ -30,9 +30,10 @@ from ociforge.events import (
 from ociforge.image import RuntimeConfig
 from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
 from ociforge.nix import Closure, StorePathInfo, read_closure
-from ociforge.push import PushedBlob, PushResult, RegistryOptions
+from ociforge.push import PushedBlob, PushPreview, PushResult, RegistryOptions
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials
+from ociforge.reuse import LayerPreview
 from ociforge.tarstream import TarOptions
 
 __all__ = [
@@ -54,10 +55,12 @@ __all__ = [
     "ImageError",
     "ImageOptions",
     "LayerPlan",
+    "LayerPreview",
     "Message",
     "NixError",
     "OciforgeError",
     "ProgressCallback",
+    "PushPreview",
     "PushResult",
     "PushedBlob",
     "Reference",
@@ -72,6 +75,7 @@ __all__ = [
     "load_closure",
     "parse_reference",
     "plan_layers",
+    "preview",
     "push",
     "read_closure",
 ]

@@ -1,0 +1,200 @@
+"""Warm pushes: unchanged layers are never re-read, re-compressed or re-uploaded (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+import ociforge
+import ociforge.layer
+import ociforge.tarstream
+from ociforge import ImageOptions, RegistryOptions
+from tests.support.faultproxy import FaultProxy
+from tests.support.nixstore import BuiltClosure, File, Package, busybox_package, make_closure
+from tests.support.registry import RegistryServer
+
+pytestmark = pytest.mark.integration
+
+
+def spec(version: str) -> list[Package]:
+    return [
+        busybox_package(),
+        Package(f"libgreet-{version}", {"lib/greeting": f"hello {version}\n"}),
+        Package(
+            "app-1.0",
+            {
+                "bin/app": File(
+                    f"#!@busybox@/bin/sh\ncat @libgreet-{version}@/lib/greeting\n", executable=True
+                )
+            },
+            deps=("busybox", f"libgreet-{version}"),
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def closures(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltClosure, BuiltClosure]:
+    return (
+        make_closure(tmp_path_factory.mktemp("v1"), spec("1")),
+        make_closure(tmp_path_factory.mktemp("v2"), spec("2")),
+    )
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Store paths whose files a layer stream started to read, in order."""
+    seen: list[str] = []
+    real = ociforge.tarstream.store_tar_chunks
+
+    def recording(paths: Sequence[str], **kw: object) -> Iterator[bytes]:
+        seen.extend(paths)
+        return real(paths, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ociforge.layer, "store_tar_chunks", recording)
+    return seen
+
+
+def push(root: str, refs: list[str], cache: Path | None, **kw: object) -> ociforge.PushResult:
+    return ociforge.push(
+        root,
+        refs,
+        options=ImageOptions(max_layers=10),
+        registry=RegistryOptions(cache_dir=str(cache) if cache else None, **kw),  # type: ignore[arg-type]
+    )
+
+
+def outcomes(result: ociforge.PushResult) -> list[str]:
+    return [b.outcome for b in result.blobs]
+
+
+def test_second_push_reads_no_file_and_sends_a_handful_of_requests(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    fault_proxy: FaultProxy,
+    repo_name: str,
+    tmp_path: Path,
+    opened: list[str],
+) -> None:
+    app = closures[0]["app-1.0"]
+    ref = f"{fault_proxy.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "cache")
+    assert outcomes(first) == ["uploaded"] * 4 and not first.up_to_date
+    opened.clear()
+    before = len(fault_proxy.requests)
+    second = push(app, [ref], tmp_path / "cache")
+    sent = fault_proxy.requests[before:]
+    assert opened == []
+    assert second.up_to_date and second.manifest_digest == first.manifest_digest
+    assert [(r.method, r.path.split("/")[-2]) for r in sent] == [
+        ("GET", "v2"),
+        ("GET", "manifests"),
+    ]  # ping + what the tag points to: nothing else
+
+
+def test_fresh_runner_learns_layers_from_the_registry(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    fault_proxy: FaultProxy,
+    repo_name: str,
+    tmp_path: Path,
+    opened: list[str],
+) -> None:
+    app = closures[0]["app-1.0"]
+    ref = f"{fault_proxy.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "runner-1")
+    opened.clear()
+    before = len(fault_proxy.requests)
+    again = push(app, [ref], tmp_path / "runner-2")  # empty cache: a new CI runner
+    sent = [(r.method, r.path.split("/")[-2]) for r in fault_proxy.requests[before:]]
+    assert opened == []
+    assert again.up_to_date and again.manifest_digest == first.manifest_digest
+    assert sent == [("GET", "v2"), ("GET", "manifests"), ("GET", "blobs")]  # + the config
+    assert list((tmp_path / "runner-2").rglob("*.json")), "what it learned is cached"
+
+
+def test_changing_a_leaf_uploads_only_the_layers_that_hold_changed_paths(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+    opened: list[str],
+) -> None:
+    v1, v2 = closures
+    ref = f"{registry.host}/{repo_name}:latest"
+    push(v1["app-1.0"], [ref], None)
+    opened.clear()
+    result = push(v2["app-1.0"], [ref], None)  # fresh runner: knowledge from the registry
+    assert sorted(opened) == sorted([v2["app-1.0"], v2["libgreet-2"]])
+    assert outcomes(result).count("skipped") == 1  # busybox; libgreet, app, links changed
+    check_with_skopeo(ref, tmp_path)
+
+
+def test_a_blob_deleted_from_the_registry_is_uploaded_again(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+) -> None:
+    app = closures[0]["app-1.0"]
+    first = push(app, [f"{registry.host}/{repo_name}:one"], tmp_path / "cache")
+    gone = first.blobs[0].digest
+    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
+    second = push(app, [f"{registry.host}/{repo_name}:two"], tmp_path / "cache")
+    assert outcomes(second)[0] == "uploaded" and set(outcomes(second)[1:]) == {"skipped"}
+    assert second.manifest_digest == first.manifest_digest
+    check_with_skopeo(f"{registry.host}/{repo_name}:two", tmp_path)
+
+
+def test_corrupt_cache_entries_are_ignored(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+) -> None:
+    app = closures[0]["app-1.0"]
+    ref = f"{registry.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "cache")
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == 4
+    entries[0].write_text("{not json")
+    data = json.loads(entries[1].read_text())
+    entries[1].write_text(json.dumps({**data, "digest": "sha256:" + "0" * 64, "key": "x"}))
+    again = push(app, [f"{registry.host}/{repo_name}:other"], tmp_path / "cache")
+    assert again.manifest_digest == first.manifest_digest
+    check_with_skopeo(f"{registry.host}/{repo_name}:other", tmp_path)
+
+
+def test_dry_run_reports_and_uploads_nothing(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    fault_proxy: FaultProxy,
+    repo_name: str,
+    opened: list[str],
+) -> None:
+    v1, v2 = closures
+    ref = f"{fault_proxy.host}/{repo_name}:latest"
+    push(v1["app-1.0"], [ref], None)
+    opened.clear()
+    writes = sum(fault_proxy.count(m) for m in ("POST", "PATCH", "PUT"))
+    preview = ociforge.preview(
+        v2["app-1.0"],
+        [ref],
+        options=ImageOptions(max_layers=10),
+        registry=RegistryOptions(cache_dir=None),
+    )
+    assert [row.action for row in preview.layers] == ["reused", "upload", "upload", "upload"]
+    assert not preview.up_to_date and opened == []
+    assert (
+        fault_proxy.count("PATCH") + fault_proxy.count("PUT") + fault_proxy.count("POST") == writes
+    )
+
+
+def check_with_skopeo(ref: str, tmp_path: Path) -> None:
+    dest = tmp_path / "copied"
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}:t"],
+        check=True,
+        capture_output=True,
+    )
