@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ociforge.events import BlobFinished, BlobProgress, BlobRetry, BlobStarted, Event, Message
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class ProgressDisplay:
@@ -27,7 +28,7 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
-            self._total = tqdm(
+            self._total = _tqdm()(
                 desc="total", unit="B", unit_scale=True, file=sys.stderr, position=0, leave=True
             )
         return self
@@ -51,7 +52,7 @@ class ProgressDisplay:
         if not self.enabled:
             return
         if isinstance(event, BlobStarted):
-            self._bars[event.key] = tqdm(
+            self._bars[event.key] = _tqdm()(
                 desc=event.key,
                 total=event.total,
                 unit="B",
@@ -75,6 +76,13 @@ class ProgressDisplay:
 
     def _write(self, text: str) -> None:
         if self.enabled:
-            tqdm.write(text, file=sys.stderr)
+            _tqdm().write(text, file=sys.stderr)
         else:
             print(text, file=sys.stderr)
+
+
+def _tqdm() -> type[tqdm[Any]]:
+    """tqdm, imported on first use: most runs (CI logs, --quiet) draw no bar at all."""
+    from tqdm import tqdm  # noqa: PLC0415 - deferred on purpose, see above
+
+    return tqdm

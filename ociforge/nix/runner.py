@@ -154,7 +154,18 @@ class Nix:
         return load_path_info(out)
 
     def derivation_system(self, drv: str) -> str | None:
-        """The ``system`` of a store derivation, or None when nix cannot show it."""
+        """The ``system`` of a store derivation, or None when nix cannot show it.
+
+        Read from the ``.drv`` file itself when it is there (its ATerm format has not changed
+        in a decade): one nix process less on every run. ``nix derivation show`` otherwise.
+        """
+        try:
+            with open(drv, "rb") as f:
+                system = system_of_drv_text(f.read().decode("utf-8", "replace"))
+        except OSError:
+            system = None
+        if system is not None:
+            return system if system != "builtin" else None
         cmd = ["derivation", "show"] if self.version().has_derivation_show else ["show-derivation"]
         try:
             out = self._run(cmd, [], [drv], what=f"nix {' '.join(cmd)} {drv}")
@@ -329,6 +340,43 @@ def _parse_build_results(out: bytes, installable: str) -> list[BuildResult]:
             raise NixError(f"nix build {installable} printed outputs without store paths")
         results.append(BuildResult(drv if isinstance(drv, str) else None, paths))
     return results
+
+
+def system_of_drv_text(text: str) -> str | None:
+    """The 4th field of ``Derive(outputs, inputDrvs, inputSrcs, "system", ...)``, or None."""
+    if not text.startswith("Derive("):
+        return None
+    depth, commas, i = 0, 0, len("Derive(")
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            end = _string_end(text, i)
+            if depth == 0 and commas == 3:
+                return json.loads(text[i : end + 1]) if end > 0 else None
+            if end < 0:
+                return None
+            i = end
+        elif c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            commas += 1
+        i += 1
+    return None
+
+
+def _string_end(text: str, start: int) -> int:
+    """Index of the quote closing the string opened at ``start`` (-1 if unterminated)."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i
+        i += 1
+    return -1
 
 
 def _system_of_derivation_json(out: bytes) -> str | None:
