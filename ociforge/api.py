@@ -168,6 +168,8 @@ def preview(
 
 
 def _layout_source(source: str | Closure | None) -> OciTarget | None:
+    if isinstance(source, str) and source.startswith("docker-archive:"):
+        raise UsageError("push reads oci:DIR[:TAG] or an installable, not a docker-archive")
     if not (isinstance(source, str) and source.startswith("oci:")):
         return None
     target = parse_target(source)

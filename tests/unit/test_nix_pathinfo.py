@@ -469,8 +469,21 @@ def calls(log: Path) -> dict[str, list[str]]:
     ],
 )
 def test_runner_adapts_its_command_lines_to_the_nix_version(
-    tmp_path: Path, version: str, build_target: str, json_format: bool, show: str
+    tmp_path: Path,
+    version: str,
+    build_target: str,
+    json_format: bool,
+    show: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The .drv may exist in this machine's store (other tests build it): make the runner fall
+    # back to asking nix, the path under test here.
+    import ociforge.nix.runner as runner
+
+    def no_drv_file(*args: object, **kw: object) -> object:
+        raise OSError("not in this test")
+
+    monkeypatch.setattr(runner, "open", no_drv_file, raising=False)
     nix, log = fake_nix(tmp_path, version)
     closure = read_closure(APP_DRV, nix=nix, extra_args=["--option", "substituters", ""])
     assert closure.roots == (APP,)
