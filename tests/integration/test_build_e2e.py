@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.filetree import tree
 from tests.support.nixstore import (
     BuiltClosure,
     Dir,
@@ -79,23 +79,6 @@ def ok(*args: str) -> str:
     proc = ociforge("build", *args)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()
-
-
-def tree(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
-    """relative path -> (kind, mode, content or link target), following nothing."""
-    out: dict[str, tuple[str, int, bytes | str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            rel = str(p.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", 0, os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), p.read_bytes())
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import re
-import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faultproxy import Delay, Fault, FaultProxy, InvalidToken
+from tests.support.filetree import tree
 from tests.support.nixstore import BuiltClosure, Entry, File, Package, Symlink, busybox_package
 from tests.support.nixstore import make_closure as build_closure
 from tests.support.registry import RegistryServer
@@ -153,23 +153,6 @@ def raw_manifest(skopeo_env: dict[str, str], ref: str) -> bytes:
 
 def local_blob(layout: Path, digest: str) -> bytes:
     return (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
-
-
-def tree(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
-    """relative path -> (kind, mode, content or link target), following nothing."""
-    out: dict[str, tuple[str, int, bytes | str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", 0, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes())
-    return out
 
 
 @pytest.fixture(scope="module")
