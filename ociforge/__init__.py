@@ -5,9 +5,19 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 
 from __future__ import annotations
 
-from ociforge.api import BuildResult, build, host_system, load_closure, preview, push
+from ociforge.annotations import ci_annotations
+from ociforge.api import (
+    BuildResult,
+    build,
+    host_system,
+    load_closure,
+    load_source,
+    preview,
+    push,
+)
 from ociforge.assemble import BuiltImage, ImageOptions
 from ociforge.compress import Compression, CompressionOptions
+from ociforge.customise import ImageSource
 from ociforge.digest import Digest
 from ociforge.errors import (
     AuthError,
@@ -18,6 +28,7 @@ from ociforge.errors import (
     RegistryError,
     UsageError,
 )
+from ociforge.essentials import EssentialsOptions
 from ociforge.events import (
     BlobFinished,
     BlobProgress,
@@ -51,9 +62,11 @@ __all__ = [
     "Credentials",
     "Digest",
     "DigestMismatchError",
+    "EssentialsOptions",
     "Event",
     "ImageError",
     "ImageOptions",
+    "ImageSource",
     "LayerPlan",
     "LayerPreview",
     "Message",
@@ -71,8 +84,10 @@ __all__ = [
     "TarOptions",
     "UsageError",
     "build",
+    "ci_annotations",
     "host_system",
     "load_closure",
+    "load_source",
     "parse_reference",
     "plan_layers",
     "preview",

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
 from ociforge.compress import Compression, CompressionOptions
+from ociforge.customise import ImageSource
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.events import ProgressCallback, ignore_event
+from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.nix import Closure, closure_from_json_file, read_closure
+from ociforge.nix.closure import merge_closures
+from ociforge.nix.devenv import read_devshell
 from ociforge.outputs import (
     DockerArchiveTarget,
     OciTarget,
@@ -61,6 +64,9 @@ def host_system() -> str:
     return _HOST_SYSTEMS.get(machine, f"{machine}-linux")
 
 
+Source = str | Closure | ImageSource | None
+
+
 def load_closure(
     installable: str | Closure | None = None,
     *,
@@ -78,17 +84,64 @@ def load_closure(
     return read_closure(installable, nix=nix)
 
 
+def load_source(
+    installable: Source,
+    *,
+    devshell: bool = False,
+    contents: Sequence[str] = (),
+    with_nix: bool = False,
+    closure_json: str | None = None,
+    nix: str = "nix",
+) -> ImageSource:
+    """Everything Nix gives for an image: the closure, and with ``devshell`` the environment.
+
+    ``devshell``: ``installable`` is a dev shell (``.#devShells.<system>.default``); its
+    environment comes from ``nix print-dev-env`` and the image holds the shell's closure.
+    ``contents``: more installables whose closures join the image and whose roots are linked
+    into ``/``. ``with_nix``: register the whole closure in a Nix database for the image.
+    """
+    if isinstance(installable, ImageSource):
+        return installable
+    if devshell:
+        source = _devshell_source(installable, closure_json, nix)
+    else:
+        closure = load_closure(installable, closure_json=closure_json, nix=nix)
+        source = ImageSource(closure)
+    if contents:
+        extra = [read_closure(c, nix=nix) for c in contents]
+        closure = merge_closures([source.closure, *extra])
+        linked = (*source.roots_to_link, *(r for c in extra for r in c.roots))
+        source = dataclasses.replace(source, closure=closure, linked_roots=linked)
+    if with_nix:
+        from ociforge.nix.nixdb import make_nix_db  # noqa: PLC0415  (sqlite3: only if needed)
+
+        db = make_nix_db(sorted(source.closure.paths), nix=nix)
+        source = dataclasses.replace(source, nix_db=db)
+    return source
+
+
+def _devshell_source(installable: Source, closure_json: str | None, nix: str) -> ImageSource:
+    if closure_json is not None:
+        raise UsageError("--devshell reads the shell's environment with nix: drop --closure-json")
+    if not isinstance(installable, str) or not installable:
+        raise UsageError("--devshell needs the shell as an installable (.#devShells.<system>.X)")
+    shell = read_devshell(installable, nix=nix)
+    return ImageSource(shell.closure, linked_roots=(), devenv=shell.env)
+
+
 def build(
-    installable: str | Closure | None,
+    installable: Source,
     target: str | Target,
     *,
     options: ImageOptions | None = None,
+    devshell: bool = False,
+    contents: Sequence[str] = (),
     closure_json: str | None = None,
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
 ) -> BuildResult:
     """Build the image of ``installable`` into ``target`` (``oci:DIR[:TAG]``,
-    ``docker-archive:FILE|-``).
+    ``docker-archive:FILE|-``). ``devshell`` and ``contents`` as in :func:`load_source`.
 
     Example::
 
@@ -98,14 +151,21 @@ def build(
         print(result.manifest_digest)
     """
     parsed = parse_target(target) if isinstance(target, str) else target
-    closure = load_closure(installable, closure_json=closure_json, nix=nix)
     opts = options or ImageOptions()
     if isinstance(parsed, DockerArchiveTarget):
         # docker load wants plain tar layers and Docker media types.
         opts = dataclasses.replace(
             opts, format="docker", compression=CompressionOptions(Compression.NONE)
         )
-    plan: ImagePlan = plan_image(closure, opts, host_system=host_system())
+    plan = _plan(
+        installable,
+        opts,
+        devshell=devshell,
+        contents=contents,
+        closure_json=closure_json,
+        nix=nix,
+        on_event=on_event,
+    )
     if isinstance(parsed, OciTarget):
         built = write_oci(plan, parsed, on_event)
     else:
@@ -120,11 +180,13 @@ def build(
 
 
 def push(
-    source: str | Closure | None,
+    source: Source,
     destinations: Sequence[str | Reference],
     *,
     options: ImageOptions | None = None,
     registry: RegistryOptions | None = None,
+    devshell: bool = False,
+    contents: Sequence[str] = (),
     closure_json: str | None = None,
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
@@ -135,10 +197,12 @@ def push(
     ``oci:DIR[:TAG]`` (an image built before, pushed byte for byte). Layers go up first, in
     parallel, then the config, then the manifest under each tag: a failed push tags nothing.
     Layers the local cache or the tag's previous manifest already know are not rebuilt.
+    ``devshell`` and ``contents`` as in :func:`load_source`.
 
     Example::
 
-        result = ociforge.push(".#devshell", ["registry.example.com/group/proj/builder:latest"])
+        result = ociforge.push(".#devshell", ["registry.example.com/group/proj/builder:latest"],
+                               devshell=True)
         print(result.manifest_digest, result.up_to_date)
     """
     refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
@@ -146,28 +210,49 @@ def push(
     layout = _layout_source(source)
     if layout is not None:
         return push_layout(layout.directory, layout.tag, refs, reg, on_event)
-    plan = _plan(source, options, closure_json, nix)
+    opts = options or ImageOptions()
+    plan = _plan(
+        source,
+        opts,
+        devshell=devshell,
+        contents=contents,
+        closure_json=closure_json,
+        nix=nix,
+        on_event=on_event,
+    )
     return push_plan(plan, refs, reg, on_event)
 
 
 def preview(
-    source: str | Closure | None,
+    source: Source,
     destinations: Sequence[str | Reference],
     *,
     options: ImageOptions | None = None,
     registry: RegistryOptions | None = None,
+    devshell: bool = False,
+    contents: Sequence[str] = (),
     closure_json: str | None = None,
     nix: str = "nix",
+    on_event: ProgressCallback = ignore_event,
 ) -> PushPreview:
     """What :func:`push` would do with the same arguments, without uploading anything."""
     refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
     if _layout_source(source) is not None:
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
-    plan = _plan(source, options, closure_json, nix)
+    opts = options or ImageOptions()
+    plan = _plan(
+        source,
+        opts,
+        devshell=devshell,
+        contents=contents,
+        closure_json=closure_json,
+        nix=nix,
+        on_event=on_event,
+    )
     return preview_push(plan, refs, registry or RegistryOptions())
 
 
-def _layout_source(source: str | Closure | None) -> OciTarget | None:
+def _layout_source(source: Source) -> OciTarget | None:
     if isinstance(source, str) and source.startswith("docker-archive:"):
         raise UsageError("push reads oci:DIR[:TAG] or an installable, not a docker-archive")
     if not (isinstance(source, str) and source.startswith("oci:")):
@@ -179,7 +264,25 @@ def _layout_source(source: str | Closure | None) -> OciTarget | None:
 
 
 def _plan(
-    source: str | Closure | None, options: ImageOptions | None, closure_json: str | None, nix: str
+    source: Source,
+    options: ImageOptions,
+    *,
+    devshell: bool,
+    contents: Sequence[str],
+    closure_json: str | None,
+    nix: str,
+    on_event: ProgressCallback,
 ) -> ImagePlan:
-    closure = load_closure(source, closure_json=closure_json, nix=nix)
-    return plan_image(closure, options or ImageOptions(), host_system=host_system())
+    with_nix = options.essentials is not None and options.essentials.with_nix
+    loaded = load_source(
+        source,
+        devshell=devshell,
+        contents=contents,
+        with_nix=with_nix,
+        closure_json=closure_json,
+        nix=nix,
+    )
+    plan = plan_image(loaded, options, host_system=host_system())
+    for warning in plan.warnings:
+        on_event(Message(f"warning: {warning}"))
+    return plan

@@ -7,14 +7,17 @@ bytes are what gets hashed, written and pushed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ociforge.cache import KEY_ANNOTATION, layer_key
 from ociforge.compress import Compression, CompressionOptions
+from ociforge.customise import ImageSource, customise
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
+from ociforge.essentials import EssentialsOptions
 from ociforge.image import (
     Descriptor,
     ImageFormat,
@@ -30,8 +33,7 @@ from ociforge.image import (
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
-from ociforge.rootfs import default_path, root_links
-from ociforge.tarstream import TarOptions
+from ociforge.tarstream import TarEntry, TarOptions
 
 EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
 
@@ -51,6 +53,10 @@ class ImageOptions:
     os: str | None = None
     variant: str | None = None
     link_roots: bool = True
+    # None: the source's default (every essential for a dev shell, none otherwise).
+    essentials: EssentialsOptions | None = None
+    entrypoint_hook: bool = False  # a dev shell's shellHook run by the image's entrypoint
+    annotations: Mapping[str, str] = field(default_factory=dict)  # manifest (OCI only)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class ImagePlan:
     layers: tuple[PlannedLayer, ...]
     options: ImageOptions
     host_system: str
+    runtime: RuntimeConfig  # the user's, with the source's variables, user and entrypoint
+    default_path: str | None = None
+    warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
 
     def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -102,9 +111,21 @@ class BuiltImage:
         return str(Digest.of(self.manifest))
 
 
-def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> ImagePlan:
-    """Group the closure into layers; the last one links the roots into ``/``."""
+def plan_image(
+    source: Closure | ImageSource, options: ImageOptions, *, host_system: str
+) -> ImagePlan:
+    """Group the closure into layers; the last one links the roots into ``/`` and holds the
+    essentials, added files and the dev shell's entrypoint."""
     _check_format(options)
+    if isinstance(source, Closure):
+        source = ImageSource(source)
+    closure = source.closure
+    custom = customise(
+        source,
+        essentials_options=options.essentials,
+        entrypoint_hook=options.entrypoint_hook,
+        link_roots=options.link_roots,
+    )
     plans = plan_layers(
         closure.graph,
         strategy=options.strategy,
@@ -124,24 +145,52 @@ def plan_image(closure: Closure, options: ImageOptions, *, host_system: str) -> 
         )
         for plan in plans
     ]
-    if options.link_roots:
-        entries = tuple(root_links(closure.roots))
-        if entries:
-            recipe = EntriesLayer(
-                entries=entries, tar_options=options.tar, compression=options.compression
-            )
-            recipes.append((recipe, "customisation: roots linked into /"))
+    if custom.entries:
+        recipe = EntriesLayer(
+            entries=custom.entries, tar_options=options.tar, compression=options.compression
+        )
+        recipes.append((recipe, "customisation: " + _describe(custom.entries)))
     nar_hashes = {p: info.nar_hash for p, info in closure.paths.items()}
     layers = [
         PlannedLayer(recipe, comment, media, layer_key(recipe, nar_hashes, media))
         for recipe, comment in recipes
     ]
-    return ImagePlan(closure, tuple(layers), options, host_system)
+    runtime = _runtime(options.runtime, custom.env, custom.user, custom.entrypoint)
+    return ImagePlan(
+        closure, tuple(layers), options, host_system, runtime, custom.default_path, custom.warnings
+    )
+
+
+def _runtime(
+    user_runtime: RuntimeConfig,
+    env: Mapping[str, str],
+    user: str | None,
+    entrypoint: tuple[str, ...] | None,
+) -> RuntimeConfig:
+    """The user's settings win over what the source brings."""
+    if entrypoint is not None and user_runtime.entrypoint is not None:
+        raise UsageError(
+            "--entrypoint-hook sets the entrypoint: drop --entrypoint (use --cmd for the command)"
+        )
+    return dataclasses.replace(
+        user_runtime,
+        env={**env, **user_runtime.env},
+        user=user_runtime.user or user,
+        entrypoint=user_runtime.entrypoint or entrypoint,
+    )
+
+
+def _describe(entries: Sequence[TarEntry]) -> str:
+    """What the customisation layer holds, for its history entry: its top-level names."""
+    tops = sorted({e.name.split("/")[1] for e in entries if e.name.count("/") >= 1})
+    return "/" + ", /".join(tops) if tops else "(empty)"
 
 
 def _check_format(options: ImageOptions) -> None:
     if options.format == "docker" and options.compression.algorithm is Compression.ZSTD:
         raise UsageError("--format docker cannot carry zstd layers: use --compression gzip")
+    if options.format == "docker" and options.annotations:
+        raise UsageError("--format docker manifests have no annotations: use --format oci")
 
 
 def _comment(paths: Sequence[str]) -> str:
@@ -165,14 +214,14 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     opts = plan.options
     arch, os_name, variant = _platform(plan)
     config = build_config(
-        runtime=opts.runtime,
+        runtime=plan.runtime,
         architecture=arch,
         os=os_name,
         variant=variant,
         diff_ids=[r.diff_id for r in results],
         history_comments=[layer.comment for layer in plan.layers],
         created=opts.created,
-        default_path=default_path(plan.closure.roots),
+        default_path=plan.default_path,
     )
     config_bytes = canonical_json(config)
     cfg_type = config_media_type(opts.format)
@@ -195,6 +244,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
             mediaType=cfg_type, digest=str(Digest.of(config_bytes)), size=len(config_bytes)
         ),
         layers=list(layers),
+        annotations=dict(opts.annotations) if opts.annotations else None,
     )
     return BuiltImage(
         config=config_bytes,

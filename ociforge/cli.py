@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -20,11 +21,13 @@ from typing import Any, TypeVar
 
 import click
 
+from ociforge.annotations import ci_annotations, merge_annotations, parse_annotation_items
 from ociforge.api import BuildResult, build, preview, push
 from ociforge.assemble import EPOCH_PLUS_ONE, ImageOptions
 from ociforge.cache import default_cache_dir
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
+from ociforge.essentials import EssentialsOptions
 from ociforge.image import RuntimeConfig, parse_env_items
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
@@ -34,6 +37,65 @@ from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_content_options = [
+    click.option(
+        "--devshell",
+        is_flag=True,
+        help=(
+            "INSTALLABLE is a dev shell (.#devShells.<system>.default): its environment becomes "
+            "the image's Env, for CI job images. Turns the essentials on."
+        ),
+    ),
+    click.option(
+        "--entrypoint-hook",
+        is_flag=True,
+        help="With --devshell: an entrypoint that runs the shell's shellHook before the command.",
+    ),
+    click.option(
+        "--essentials/--no-essentials",
+        default=None,
+        help=(
+            "/bin/sh, /usr/bin/env, /tmp, /etc/passwd and group, HOME, CA bundle and its "
+            "variables (default: on with --devshell, off otherwise)."
+        ),
+    ),
+    click.option("--home", help="The user's home directory (default /root or /home/NAME)."),
+    click.option(
+        "--ca-bundle",
+        type=click.Path(dir_okay=False),
+        help="CA bundle for /etc/ssl/certs (default: the closure's cacert, if any).",
+    ),
+    click.option(
+        "--with-nix",
+        is_flag=True,
+        help="For images that run Nix: /etc/nix/nix.conf and the closure in a Nix database.",
+    ),
+    click.option(
+        "--add",
+        "adds",
+        multiple=True,
+        metavar="SRC:DEST",
+        help="Copy a host file or directory to DEST in the image. Repeatable.",
+    ),
+    click.option(
+        "--contents",
+        multiple=True,
+        metavar="INSTALLABLE",
+        help="Add INSTALLABLE's closure and link its top-level directories into /. Repeatable.",
+    ),
+    click.option(
+        "--annotation",
+        "annotations",
+        multiple=True,
+        metavar="K=V",
+        help=(
+            "Manifest annotation (OCI only); K= drops an automatic one. In GitLab CI, source, "
+            "revision and created come from CI_PROJECT_URL, CI_COMMIT_SHA, CI_COMMIT_TIMESTAMP."
+        ),
+    ),
+]
 
 
 def _image_options(func: F) -> F:
@@ -86,7 +148,10 @@ def _image_options(func: F) -> F:
         click.option("--cmd", help="JSON array or a shell-split string."),
         click.option("--env", "env", multiple=True, metavar="K=V", help="Repeatable."),
         click.option("--workdir"),
-        click.option("--user"),
+        click.option(
+            "--user",
+            help="Who runs the image: NAME or UID[:GID] (with essentials: also in /etc/passwd).",
+        ),
         click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable."),
         click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="Repeatable."),
         click.option("--volume", multiple=True, metavar="PATH", help="Repeatable."),
@@ -117,6 +182,7 @@ def _image_options(func: F) -> F:
             help="Do not link the roots' top-level directories into /.",
         ),
         click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable."),
+        *_content_options,
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -191,7 +257,29 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         os=kw["os_name"],
         variant=kw["variant"],
         link_roots=not kw["no_root_links"],
+        essentials=_essentials(kw),
+        entrypoint_hook=kw["entrypoint_hook"],
+        annotations=_annotations(kw),
     )
+
+
+def _essentials(kw: dict[str, Any]) -> EssentialsOptions:
+    on = kw["essentials"] if kw["essentials"] is not None else kw["devshell"]
+    chosen = {
+        "user": kw["user"],
+        "home": kw["home"],
+        "ca_bundle": kw["ca_bundle"],
+        "with_nix": kw["with_nix"],
+        "adds": tuple(kw["adds"]),
+    }
+    return EssentialsOptions(**chosen) if on else EssentialsOptions.only(**chosen)
+
+
+def _annotations(kw: dict[str, Any]) -> dict[str, str]:
+    explicit = parse_annotation_items(kw["annotations"])
+    # Docker manifests cannot carry annotations: only explicit ones make that an error.
+    automatic = ci_annotations(os.environ) if kw["image_format"] == "oci" else {}
+    return merge_annotations(automatic, explicit)
 
 
 def _run(debug: bool, action: Callable[[], None]) -> None:
@@ -245,6 +333,8 @@ def build_command(args: tuple[str, ...], **kw: Any) -> None:
                 installable,
                 target,
                 options=options,
+                devshell=kw["devshell"],
+                contents=kw["contents"],
                 closure_json=kw["closure_json"],
                 nix=kw["nix_bin"],
                 on_event=display.handle,
@@ -423,8 +513,11 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
                     dests,
                     options=options,
                     registry=registry,
+                    devshell=kw["devshell"],
+                    contents=kw["contents"],
                     closure_json=kw["closure_json"],
                     nix=kw["nix_bin"],
+                    on_event=ProgressDisplay(enabled=False, quiet=kw["quiet"]).handle,
                 ),
                 kw["as_json"],
             )
@@ -435,6 +528,8 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
                 dests,
                 options=options,
                 registry=registry,
+                devshell=kw["devshell"],
+                contents=kw["contents"],
                 closure_json=kw["closure_json"],
                 nix=kw["nix_bin"],
                 on_event=display.handle,

@@ -346,6 +346,39 @@ class EssentialsOptions:
     with_nix: bool = False  # --with-nix: nix.conf (+ the database given to essentials())
     adds: tuple[str, ...] = ()  # --add SRC:DEST, in order
 
+    def __post_init__(self) -> None:
+        # Checked here, before nix builds anything: a typo must not cost a build.
+        parse_user(self.user, home=self.home)
+        for spec in self.adds:
+            parse_add(spec)
+
+    @classmethod
+    def only(
+        cls,
+        *,
+        user: str | None = None,
+        home: str | None = None,
+        ca_bundle: str | None = None,
+        with_nix: bool = False,
+        adds: tuple[str, ...] = (),
+    ) -> EssentialsOptions:
+        """Nothing but what the arguments ask for (``--no-essentials`` with other options).
+
+        ``ca_bundle`` turns the CA files and variables on (the bundle was asked for by name);
+        ``user`` and ``home`` only name who runs the image, without writing ``/etc/passwd``.
+        """
+        return cls(
+            shell=False,
+            tmp=False,
+            users=False,
+            ca=ca_bundle is not None,
+            user=user,
+            home=home,
+            ca_bundle=ca_bundle,
+            with_nix=with_nix,
+            adds=adds,
+        )
+
 
 @dataclass(frozen=True)
 class Essentials:
@@ -382,6 +415,7 @@ def essentials(
         entries += tmp_entries()
     if options.users:
         entries += user_entries(user)
+        env["HOME"] = user.home
     if options.ca:
         ca, ca_env, ca_warnings = ca_entries(ordered, bundle=options.ca_bundle)
         entries += ca

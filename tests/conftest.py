@@ -6,11 +6,16 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.registry_fixtures"]
+pytest_plugins = ["tests.support.registry_fixtures", "tests.support.podman"]
 
 # No substituters: every store path the tests need is built locally, and without this every nix
 # call first spends seconds failing to reach cache.nixos.org on these offline machines.
 os.environ["NIX_CONFIG"] = "substituters =\n" + os.environ.get("NIX_CONFIG", "")
+
+# Run inside a GitLab job, the CLI would annotate every manifest from these; tests that want
+# annotations set them themselves.
+for _variable in ("CI_PROJECT_URL", "CI_COMMIT_SHA", "CI_COMMIT_TIMESTAMP"):
+    os.environ.pop(_variable, None)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -17,9 +17,22 @@
         args = [ "-c" ''
           mkdir -p $out/bin
           cp /bin/busybox $out/bin/busybox
-          for applet in sh ash env ls cat echo id wc head grep sed mkdir touch rm uname; do
+          for applet in sh ash env ls cat echo id whoami wc head grep sed mkdir touch rm uname test; do
             ln -s busybox $out/bin/$applet
           done
+        '' ];
+      };
+      # What nixpkgs' cacert provides: a CA bundle at etc/ssl/certs/ca-bundle.crt, which
+      # ociforge's essentials link at /etc/ssl/certs and point SSL_CERT_FILE & co. at. Copied
+      # from Debian's ca-certificates here (with nixpkgs: add pkgs.cacert to the packages).
+      cacert = builtins.derivation {
+        name = "cacert-debian";
+        inherit system;
+        builder = "/bin/sh";
+        PATH = "/usr/bin:/bin";
+        args = [ "-c" ''
+          mkdir -p $out/etc/ssl/certs
+          cp /etc/ssl/certs/ca-certificates.crt $out/etc/ssl/certs/ca-bundle.crt
         '' ];
       };
       # A project tool: prints $GREETING, which only the dev shell's environment sets.
@@ -40,7 +53,7 @@
         # `nix print-dev-env` needs a bash builder and declared outputs (Nix 2.8).
         builder = "/bin/bash";
         outputs = [ "out" ];
-        buildInputs = [ busybox greet ];
+        buildInputs = [ busybox greet cacert ];
         # stdenv's setup would build PATH from the inputs; without stdenv we write it.
         PATH = "${greet}/bin:${busybox}/bin";
         GREETING = "Hello from the example dev shell";
@@ -51,7 +64,7 @@
         args = [ "-c" "echo $buildInputs > $out" ];
       };
     in {
-      packages.${system} = { inherit busybox greet devshell; default = devshell; };
+      packages.${system} = { inherit busybox greet cacert devshell; default = devshell; };
       devShells.${system}.default = devshell;
     };
 }

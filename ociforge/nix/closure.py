@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from ociforge.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,22 @@ class Closure:
     @property
     def nar_size(self) -> int:
         return sum(info.nar_size for info in self.paths.values())
+
+
+def merge_closures(closures: Sequence[Closure]) -> Closure:
+    """One closure holding every path of ``closures``; roots keep their order, first seen wins.
+
+    The system is the first one known (the main installable comes first). Closures of
+    different store directories cannot share an image.
+    """
+    if not closures:
+        raise UsageError("internal: no closure to merge")
+    store_dirs = {c.store_dir for c in closures}
+    if len(store_dirs) > 1:
+        raise UsageError(f"closures from different store directories: {sorted(store_dirs)}")
+    paths: dict[str, StorePathInfo] = {}
+    for closure in closures:
+        paths.update(closure.paths)
+    roots = tuple(dict.fromkeys(r for c in closures for r in c.roots))
+    system = next((c.system for c in closures if c.system), None)
+    return Closure(roots=roots, paths=paths, system=system, store_dir=closures[0].store_dir)

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from tests.support.nixstore import (
     busybox_package,
     make_closure,
 )
+from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -161,39 +160,8 @@ def test_closure_json_builds_the_same_image_offline(
     assert from_nix.split("@")[-1] == offline.split("@")[-1]
 
 
-@pytest.fixture
-def podman_root() -> Iterator[list[str]]:
-    # podman refuses run roots longer than 50 characters: a short temp dir, not tmp_path.
-    with tempfile.TemporaryDirectory(prefix="ociforge-podman-") as d:
-        yield [
-            "podman",
-            "--root",
-            f"{d}/s",
-            "--runroot",
-            f"{d}/r",
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--runtime",
-            "runc",
-        ]
-
-
-RUN_FLAGS = [
-    "--rm",
-    "--network=none",
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1000:1000",
-]
-
-
 def test_docker_archive_on_stdout_loads_and_runs_in_podman(
-    closure: BuiltClosure, podman_root: list[str]
+    closure: BuiltClosure, podman: Podman
 ) -> None:
     with subprocess.Popen(
         [
@@ -211,39 +179,21 @@ def test_docker_archive_on_stdout_loads_and_runs_in_podman(
         stderr=subprocess.PIPE,
     ) as build:
         load = subprocess.run(
-            [*podman_root, "load"], stdin=build.stdout, capture_output=True, check=False
+            [*podman.argv, "load"], stdin=build.stdout, capture_output=True, check=False
         )
         _, build_err = build.communicate()
     assert build.returncode == 0, build_err.decode()
     assert load.returncode == 0, load.stderr.decode()
-    run = subprocess.run(
-        [*podman_root, "run", *RUN_FLAGS, "localhost/ociforge-test/app:1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    run = podman.run("localhost/ociforge-test/app:1", [])
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"app uses {closure['libgreet-1.0']}"
 
 
 def test_image_with_busybox_runs_commands(
-    closure: BuiltClosure, podman_root: list[str], tmp_path: Path
+    closure: BuiltClosure, podman: Podman, tmp_path: Path
 ) -> None:
     ok(closure["busybox"], f"oci:{tmp_path}/bb:latest")
-    run = subprocess.run(
-        [
-            *podman_root,
-            "run",
-            *RUN_FLAGS,
-            f"oci:{tmp_path}/bb:latest",
-            "sh",
-            "-c",
-            "echo $((6*7)) && ls /bin/sh",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    run = podman.sh(f"oci:{tmp_path}/bb:latest", "echo $((6*7)) && ls /bin/sh")
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["42", "/bin/sh"]
 

@@ -14,8 +14,6 @@ import io
 import json
 import subprocess
 import tarfile
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from ociforge.image import (
     canonical_json,
     describe_bytes,
 )
+from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration
 
@@ -189,50 +188,31 @@ def test_skopeo_reads_the_docker_archive(image: Image, tmp_path: Path) -> None:
     assert info["Env"] == ["PATH=/bin", "LANG=C.UTF-8"]
 
 
-@pytest.fixture
-def podman() -> Iterator[list[str]]:
-    # podman refuses a runroot longer than 50 characters: pytest's tmp_path is too long.
-    with tempfile.TemporaryDirectory(prefix="ociforge-podman-") as tmp:
-        yield [
-            "podman",
-            "--root",
-            f"{tmp}/storage",
-            "--runroot",
-            f"{tmp}/run",
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]
-
-
-def check_loaded(podman: list[str], ref: str, image: Image) -> None:
-    [info] = run_json(*podman, "image", "inspect", ref)
+def check_loaded(podman: Podman, ref: str, image: Image) -> None:
+    [info] = run_json(*podman.argv, "image", "inspect", ref)
     assert info["Id"] == Digest.of(image.config).hex
     assert info["RootFS"]["Layers"] == [str(Digest.of(layer)) for layer in image.layers]
     assert info["Config"]["Entrypoint"] == ["/bin/hello"]
-    mounted = Path(run(*podman, "image", "mount", ref).decode().strip())
+    mounted = Path(run(*podman.argv, "image", "mount", ref).decode().strip())
     try:
         assert (mounted / "hello.txt").read_bytes() == b"hello from ociforge\n"
         assert (mounted / "greeting").readlink() == Path("/hello.txt")
     finally:
-        run(*podman, "image", "unmount", ref)
+        run(*podman.argv, "image", "unmount", ref)
 
 
-def test_podman_loads_the_docker_archive(image: Image, tmp_path: Path, podman: list[str]) -> None:
+def test_podman_loads_the_docker_archive(image: Image, tmp_path: Path, podman: Podman) -> None:
     archive = tmp_path / "image.tar"
     write_archive(image, archive, ["localhost/ociforge-test:v1"])
-    out = run(*podman, "load", "-i", archive)
+    out = run(*podman.argv, "load", "-i", archive)
     assert b"localhost/ociforge-test:v1" in out
     check_loaded(podman, "localhost/ociforge-test:v1", image)
 
 
-def test_podman_loads_the_archive_streamed_through_a_pipe(image: Image, podman: list[str]) -> None:
+def test_podman_loads_the_archive_streamed_through_a_pipe(image: Image, podman: Podman) -> None:
     # stdout is not seekable: the writer must never seek, and podman reads it from stdin.
     with subprocess.Popen(
-        [*podman, "load"],
+        [*podman.argv, "load"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -16,8 +16,7 @@ import random
 import re
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.support.faultproxy import Delay, Fault, FaultProxy, InvalidToken
 from tests.support.filetree import tree
 from tests.support.nixstore import BuiltClosure, Entry, File, Package, Symlink, busybox_package
 from tests.support.nixstore import make_closure as build_closure
+from tests.support.podman import Podman
 from tests.support.registry import RegistryServer
 from tests.support.registry_fixtures import MakeFaultProxy, TokenRegistry, skopeo
 from tests.support.tokenserver import JOB_TOKEN_USER
@@ -38,8 +38,6 @@ APP, NOISE = "app-1.0", "noise-1.0"
 UPLOADS = r"/blobs/uploads/"
 PUSHED_LINE = re.compile(r"^(?P<ref>\S+)@(?P<digest>sha256:[0-9a-f]{64})$")
 CI_KEYS = ("CI_REGISTRY", "CI_REGISTRY_IMAGE", "CI_REGISTRY_USER", "CI_REGISTRY_PASSWORD")
-PODMAN_RUN = ["run", "--rm", "--network=none", "--ulimit", "nofile=1024:1024"]
-PODMAN_RUN += ["--ulimit", "nproc=1000:1000"]
 
 
 # --- shared helpers (test_push_faults.py uses them too) --------------------------------------
@@ -145,8 +143,9 @@ def copy_to_layout(skopeo_env: dict[str, str], ref: str, layout: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def raw_manifest(skopeo_env: dict[str, str], ref: str) -> bytes:
-    result = skopeo(skopeo_env, "inspect", "--tls-verify=false", "--raw", f"docker://{ref}")
+def raw_manifest(skopeo_env: dict[str, str], ref: str, *creds: str) -> bytes:
+    args = ("inspect", "--tls-verify=false", *creds, "--raw", f"docker://{ref}")
+    result = skopeo(skopeo_env, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout.encode()
 
@@ -165,16 +164,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
-@pytest.fixture
-def podman() -> Iterator[list[str]]:
-    # podman refuses run roots longer than 50 characters: a short temp dir, not tmp_path.
-    with tempfile.TemporaryDirectory(prefix="ociforge-podman-") as d:
-        yield [
-            "podman", "--root", f"{d}/s", "--runroot", f"{d}/r", "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc",
-        ]  # fmt: skip
-
-
 # --- anonymous registry: the whole story ------------------------------------------------
 
 
@@ -184,7 +173,7 @@ def test_push_two_tags_gives_the_local_build_that_unpacks_and_runs(
     repo_name: str,
     home: Path,
     skopeo_env: dict[str, str],
-    podman: list[str],
+    podman: Podman,
     tmp_path: Path,
 ) -> None:
     env = cli_env(home)
@@ -219,11 +208,8 @@ def test_push_two_tags_gives_the_local_build_that_unpacks_and_runs(
         assert tree(store / name) == tree(Path("/nix/store") / name), name
 
     # And it runs, pulled from the registry.
-    pull = [*podman, "pull", "--tls-verify=false", dests[0]]
-    pulled = subprocess.run(pull, capture_output=True, text=True, check=False)
-    assert pulled.returncode == 0, pulled.stderr
-    command = [*podman, *PODMAN_RUN, dests[0], "sh", "-c", "echo ok && app"]
-    ran = subprocess.run(command, capture_output=True, text=True, check=False)
+    podman.pull(dests[0])
+    ran = podman.sh(dests[0], "echo ok && app")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == ["ok", f"app uses {closure[NOISE]}"]
 

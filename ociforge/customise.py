@@ -1,0 +1,117 @@
+"""The customisation layer and the environment of an image, from what its source provides.
+
+An image's source is more than a closure: a dev shell brings its environment (``Env``) and may
+bring an entrypoint running its ``shellHook``; ``--contents`` adds roots linked into ``/``;
+essentials add ``/bin/sh``, ``/tmp``, users, CA certificates and Nix's database. This module
+decides, from an :class:`ImageSource` and the options, which entries the last layer holds and
+which variables, user and entrypoint the config gets. Who wins, from weakest to strongest:
+root links < essentials < ``--add`` < the devshell entrypoint (entries); default ``PATH`` <
+essentials' variables < the shell's environment < ``--env`` (variables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ociforge.devshell import ENTRYPOINT, entrypoint_entry, image_env
+from ociforge.errors import UsageError
+from ociforge.essentials import (
+    EssentialsOptions,
+    essentials,
+    find_program,
+    merge_entries,
+    ordered_store_paths,
+    parse_user,
+)
+from ociforge.nix.closure import Closure
+from ociforge.nix.devenv import DevEnv
+from ociforge.rootfs import default_path, root_links
+from ociforge.tarstream import TarEntry
+
+if TYPE_CHECKING:  # nixdb imports sqlite3: only --with-nix pays for it
+    from ociforge.nix.nixdb import NixDatabase
+
+__all__ = ["Customisation", "ImageSource", "customise"]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """What Nix gave for an image: the closure, and what goes beside the store paths.
+
+    ``linked_roots``: the roots whose top-level trees are linked into ``/`` (``None``: every
+    root of the closure; a dev shell's own output is a file, so only ``--contents`` roots).
+    ``devenv``: the shell's captured environment. ``nix_db``: the closure's registration, for
+    ``--with-nix``.
+    """
+
+    closure: Closure
+    linked_roots: tuple[str, ...] | None = None
+    devenv: DevEnv | None = None
+    nix_db: NixDatabase | None = None
+
+    @property
+    def roots_to_link(self) -> tuple[str, ...]:
+        return self.closure.roots if self.linked_roots is None else self.linked_roots
+
+
+@dataclass(frozen=True)
+class Customisation:
+    """The last layer's entries and what the config gets besides the user's own settings."""
+
+    entries: tuple[TarEntry, ...]
+    env: Mapping[str, str] = field(default_factory=dict)  # below the user's --env
+    default_path: str | None = None  # PATH when neither the shell nor --env sets one
+    user: str | None = None  # config User when --user did not set it
+    entrypoint: tuple[str, ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def customise(
+    source: ImageSource,
+    *,
+    essentials_options: EssentialsOptions | None,
+    entrypoint_hook: bool = False,
+    link_roots: bool = True,
+) -> Customisation:
+    """Entries, variables and warnings for ``source``.
+
+    ``essentials_options`` ``None`` means the source's default: every essential for a dev
+    shell (a job image needs them), none otherwise.
+    """
+    if entrypoint_hook and source.devenv is None:
+        raise UsageError("--entrypoint-hook runs a dev shell's shellHook: use it with --devshell")
+    opts = essentials_options
+    if opts is None and source.devenv is not None:
+        opts = EssentialsOptions()
+    closure = source.closure
+    links = root_links(source.roots_to_link) if link_roots else []
+    extra: list[TarEntry] = []
+    env: dict[str, str] = {}
+    warnings: tuple[str, ...] = ()
+    user_spec = opts.user if opts is not None else None
+    if opts is not None:
+        found = essentials(closure.paths, opts, roots=closure.roots, nix_db=source.nix_db)
+        extra += found.entries
+        env.update(found.env)
+        warnings = found.warnings
+    if source.devenv is not None:
+        home = opts.home if opts is not None else None
+        env.update(
+            image_env(
+                source.devenv,
+                home=parse_user(user_spec, home=home).home,
+                user=user_spec,
+                store_dir=closure.store_dir,
+            )
+        )
+    entrypoint = None
+    if entrypoint_hook and source.devenv is not None:
+        ordered = ordered_store_paths(closure.roots, closure.paths)
+        extra.append(entrypoint_entry(source.devenv, bash=find_program(ordered, ("bash",))))
+        entrypoint = (ENTRYPOINT,)
+    entries = tuple(merge_entries(links, extra))
+    path = default_path(source.roots_to_link)
+    env = dict(sorted(env.items()))
+    return Customisation(entries, env, path, user_spec, entrypoint, warnings)
