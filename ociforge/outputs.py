@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from ociforge.assemble import BuiltImage, ImagePlan
 from ociforge.errors import UsageError
-from ociforge.events import BlobFinished, BlobStarted, ProgressCallback
+from ociforge.events import BlobFinished, BlobProgress, BlobStarted, ProgressCallback
 from ociforge.image import DockerArchiveWriter, OciLayout
 from ociforge.layer import LayerDigests
 
@@ -70,7 +70,7 @@ def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) ->
         key = f"layer {index + 1}/{len(plan.layers)}"
         on_event(BlobStarted(key, None, layer.comment))
         stream = layer.recipe.open()
-        digest, size = layout.write_blob_stream(stream)
+        digest, size = layout.write_blob_stream(_reporting(stream, key, on_event))
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(digest)))
     built = plan.finish(results)
@@ -102,13 +102,20 @@ def _write_archive(
         size = layer.recipe.tar_size()
         on_event(BlobStarted(key, size, layer.comment))
         stream = layer.recipe.open()
-        writer.add_layer(stream, size)
+        writer.add_layer(_reporting(stream, key, on_event), size)
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
     built = plan.finish(results)
     writer.finish(built.config, _repo_tags(plan, target))
     out.flush()
     return built
+
+
+def _reporting(chunks: Iterable[bytes], key: str, on_event: ProgressCallback) -> Iterator[bytes]:
+    """``chunks`` unchanged, with a :class:`BlobProgress` for each (the progress bars' feed)."""
+    for chunk in chunks:
+        on_event(BlobProgress(key, len(chunk)))
+        yield chunk
 
 
 def _repo_tags(plan: ImagePlan, target: DockerArchiveTarget) -> Sequence[str]:
