@@ -7,8 +7,11 @@ adapts to the version it finds:
 - ``.drv`` installables: Nix < 2.13 builds all outputs of a bare ``/nix/store/x.drv``; from
   2.13 the ``x.drv^*`` syntax exists and from 2.15 a bare ``.drv`` means the file itself, so
   ``^*`` is used whenever it is available.
-- ``nix path-info --json`` needs ``--json-format 1`` from 2.33 on (without it nix warns that
-  the default is deprecated); older versions reject the flag.
+- ``nix path-info --json`` is called without ``--json-format``: older versions reject the flag,
+  2.33+ only warn (on stderr, which ociforge logs at DEBUG) that the default is deprecated, and
+  the parser reads every shape. Should a later Nix refuse the bare ``--json``, the call is
+  repeated once with ``--json-format 1``. Not asking ``nix --version`` first saves a nix
+  process (about 0.1 s) on every run; only ``.drv`` installables still need the version.
 - ``nix show-derivation`` became ``nix derivation show`` in 2.15.
 
 ``nix build --no-link --json`` is used to build: it works on every version (Nix 2.8 has no
@@ -68,11 +71,6 @@ class NixVersion:
         """``nix derivation show`` exists (Nix 2.15; ``show-derivation`` before)."""
         return self.compat >= (2, 15)
 
-    @property
-    def has_json_format(self) -> bool:
-        """``nix path-info --json-format N`` exists (Nix 2.33)."""
-        return self.compat >= (2, 33)
-
 
 def parse_nix_version(text: str) -> NixVersion:
     """Parse ``nix (Nix) 2.8.0``, ``nix (Lix, like Nix) 2.91.1`` or Determinate Nix's line."""
@@ -84,8 +82,7 @@ def parse_nix_version(text: str) -> NixVersion:
     m = matches[-1]
     version = (int(m[1]), int(m[2]), int(m[3] or 0))
     if "lix" in line.lower():
-        # Lix forked from Nix 2.18: list-shaped path-info, ^* and `derivation show`, no
-        # --json-format.
+        # Lix forked from Nix 2.18: list-shaped path-info, ^* and `derivation show`.
         return NixVersion("lix", version, (2, 18), line)
     flavour = "determinate" if "determinate" in line.lower() else "nix"
     return NixVersion(flavour, version, version[:2], line)
@@ -148,9 +145,14 @@ class Nix:
 
     def path_info(self, paths: Sequence[str]) -> PathInfoDocument:
         """``nix path-info --json --recursive`` of ``paths``, in the shape this nix prints."""
-        fmt = ["--json-format", "1"] if self.version().has_json_format else []
-        opts = ["--json", *fmt, "--recursive"]
-        out = self._run(["path-info"], opts, paths, what=f"nix path-info {' '.join(paths)}")
+        what = f"nix path-info {' '.join(paths)}"
+        try:
+            out = self._run(["path-info"], ["--json", "--recursive"], paths, what=what)
+        except NixError as exc:
+            if "json-format" not in str(exc):
+                raise
+            opts = ["--json", "--json-format", "1", "--recursive"]
+            out = self._run(["path-info"], opts, paths, what=what)
         return load_path_info(out)
 
     def derivation_system(self, drv: str) -> str | None:
@@ -176,13 +178,12 @@ class Nix:
 
     def read_closure(self, installable: str, *, system: str | None = None) -> Closure:
         """Build ``installable`` if needed and read the closure of all its outputs."""
-        version = self.version()
         kind, target = classify_installable(installable)
         derivers: dict[str, str] = {}
         if kind == "store-path":
             roots = [target]
         else:
-            if kind == "drv" and version.has_drv_outputs_syntax:
+            if kind == "drv" and self.version().has_drv_outputs_syntax:
                 target = f"{target}^*"
             results = self.build(target, system=system)
             roots = [path for r in results for path in r.outputs]

@@ -334,14 +334,14 @@ def test_closure_from_json_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "flavour", "compat", "drv_syntax", "derivation_show", "json_format"),
+    ("text", "flavour", "compat", "drv_syntax", "derivation_show"),
     [
-        ("nix (Nix) 2.8.0\n", "nix", (2, 8), False, False, False),
-        ("nix (Nix) 2.13.3", "nix", (2, 13), True, False, False),
-        ("nix (Nix) 2.19.2", "nix", (2, 19), True, True, False),
-        ("nix (Nix) 2.33.0pre20251201_abcdef", "nix", (2, 33), True, True, True),
-        ("nix (Lix, like Nix) 2.91.1", "lix", (2, 18), True, True, False),
-        ("nix (Determinate Nix 3.6.2) 2.29.0", "determinate", (2, 29), True, True, False),
+        ("nix (Nix) 2.8.0\n", "nix", (2, 8), False, False),
+        ("nix (Nix) 2.13.3", "nix", (2, 13), True, False),
+        ("nix (Nix) 2.19.2", "nix", (2, 19), True, True),
+        ("nix (Nix) 2.33.0pre20251201_abcdef", "nix", (2, 33), True, True),
+        ("nix (Lix, like Nix) 2.91.1", "lix", (2, 18), True, True),
+        ("nix (Determinate Nix 3.6.2) 2.29.0", "determinate", (2, 29), True, True),
     ],
 )
 def test_nix_version_parsing(
@@ -350,13 +350,11 @@ def test_nix_version_parsing(
     compat: tuple[int, int],
     drv_syntax: bool,
     derivation_show: bool,
-    json_format: bool,
 ) -> None:
     version = parse_nix_version(text)
     assert (version.flavour, version.compat) == (flavour, compat)
     assert version.has_drv_outputs_syntax is drv_syntax
     assert version.has_derivation_show is derivation_show
-    assert version.has_json_format is json_format
 
 
 def test_unreadable_nix_version_is_an_error() -> None:
@@ -428,6 +426,9 @@ elif any(a.endswith("#fail") for a in args):
     sys.exit(1)
 elif "build" in args:
     print(json.dumps([{{"drvPath": {drv!r}, "outputs": {{"out": {out!r}}}}}]))
+elif "path-info" in args and "2.99" in {version!r} and "--json-format" not in args:
+    sys.stderr.write("error: '--json' needs '--json-format'\\n")
+    sys.exit(1)
 elif "path-info" in args:
     sys.stdout.write(open({path_info!r}).read())
 else:
@@ -461,18 +462,17 @@ def calls(log: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("version", "build_target", "json_format", "show"),
+    ("version", "build_target", "show"),
     [
-        ("nix (Nix) 2.8.0", APP_DRV, False, "show-derivation"),
-        ("nix (Nix) 2.33.1", f"{APP_DRV}^*", True, "derivation"),
-        ("nix (Lix, like Nix) 2.91.1", f"{APP_DRV}^*", False, "derivation"),
+        ("nix (Nix) 2.8.0", APP_DRV, "show-derivation"),
+        ("nix (Nix) 2.33.1", f"{APP_DRV}^*", "derivation"),
+        ("nix (Lix, like Nix) 2.91.1", f"{APP_DRV}^*", "derivation"),
     ],
 )
 def test_runner_adapts_its_command_lines_to_the_nix_version(
     tmp_path: Path,
     version: str,
     build_target: str,
-    json_format: bool,
     show: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -492,10 +492,24 @@ def test_runner_adapts_its_command_lines_to_the_nix_version(
     seen = calls(log)
     assert seen["--version"][:2] == ["--extra-experimental-features", "nix-command flakes"]
     assert seen["build"][-1] == build_target
-    assert ("--json-format" in seen["path-info"]) is json_format
+    assert "--json-format" not in seen["path-info"]
     assert seen["path-info"][-1] == APP
     assert "--option" in seen["build"] and "--option" in seen["path-info"]
     assert seen[show][-1] == APP_DRV
+
+
+@pytest.mark.parametrize("installable", [APP, ".#default"])
+def test_store_paths_and_flakes_need_no_version_probe(tmp_path: Path, installable: str) -> None:
+    nix, log = fake_nix(tmp_path, "nix (Nix) 2.33.1")
+    assert read_closure(installable, nix=nix).roots == (APP,)
+    assert "--version" not in calls(log)
+
+
+def test_a_nix_that_refuses_the_bare_json_flag_is_asked_again(tmp_path: Path) -> None:
+    nix, log = fake_nix(tmp_path, "nix (Nix) 2.99.0")
+    assert dict(read_closure(APP, nix=nix).paths) == EXPECTED
+    tried = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [("--json-format" in argv) for argv in tried] == [False, True]
 
 
 def test_runner_turns_nix_failure_into_one_line(tmp_path: Path) -> None:
