@@ -158,13 +158,7 @@ def build(
             opts, format="docker", compression=CompressionOptions(Compression.NONE)
         )
     plan = _plan(
-        installable,
-        opts,
-        devshell=devshell,
-        contents=contents,
-        closure_json=closure_json,
-        nix=nix,
-        on_event=on_event,
+        installable, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event
     )
     if isinstance(parsed, OciTarget):
         built = write_oci(plan, parsed, on_event)
@@ -211,15 +205,7 @@ def push(
     if layout is not None:
         return push_layout(layout.directory, layout.tag, refs, reg, on_event)
     opts = options or ImageOptions()
-    plan = _plan(
-        source,
-        opts,
-        devshell=devshell,
-        contents=contents,
-        closure_json=closure_json,
-        nix=nix,
-        on_event=on_event,
-    )
+    plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
     return push_plan(plan, refs, reg, on_event)
 
 
@@ -240,15 +226,7 @@ def preview(
     if _layout_source(source) is not None:
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
     opts = options or ImageOptions()
-    plan = _plan(
-        source,
-        opts,
-        devshell=devshell,
-        contents=contents,
-        closure_json=closure_json,
-        nix=nix,
-        on_event=on_event,
-    )
+    plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
     return preview_push(plan, refs, registry or RegistryOptions())
 
 
@@ -263,25 +241,21 @@ def _layout_source(source: Source) -> OciTarget | None:
     return target
 
 
+@dataclass(frozen=True)
+class _Loading:
+    """How :func:`load_source` reads a source: the keyword arguments every entry point takes."""
+
+    devshell: bool
+    contents: tuple[str, ...]
+    closure_json: str | None
+    nix: str
+
+
 def _plan(
-    source: Source,
-    options: ImageOptions,
-    *,
-    devshell: bool,
-    contents: Sequence[str],
-    closure_json: str | None,
-    nix: str,
-    on_event: ProgressCallback,
+    source: Source, options: ImageOptions, loading: _Loading, on_event: ProgressCallback
 ) -> ImagePlan:
     with_nix = options.essentials is not None and options.essentials.with_nix
-    loaded = load_source(
-        source,
-        devshell=devshell,
-        contents=contents,
-        with_nix=with_nix,
-        closure_json=closure_json,
-        nix=nix,
-    )
+    loaded = load_source(source, with_nix=with_nix, **dataclasses.asdict(loading))
     plan = plan_image(loaded, options, host_system=host_system())
     for warning in plan.warnings:
         on_event(Message(f"warning: {warning}"))

@@ -61,17 +61,15 @@ def job_env(workdir: Path, tr: TokenRegistry, **extra: str) -> dict[str, str]:
 def run_script(lines: list[str], env: Mapping[str, str], cwd: Path) -> str:
     """The job's script as GitLab runs it: one shell, stopping at the first failing line."""
     script = "set -e\n" + "\n".join(lines)
-    done = subprocess.run(
-        ["sh", "-c", script],
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run(["sh", "-c", script], env, cwd)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def run(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_devshell_pipeline_builds_the_image_and_a_later_job_runs_in_it(
@@ -112,16 +110,7 @@ def test_image_repo_pipeline_publishes_three_tags_of_one_image(
 
 
 def publish(workdir: Path, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    script = EXAMPLES / "python-api" / "publish.py"
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=workdir,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run([sys.executable, str(EXAMPLES / "python-api" / "publish.py"), *args], env, workdir)
 
 
 def test_python_api_script_publishes_semver_tags(
