@@ -7,12 +7,17 @@ so that 401 surfaces as a temporary error and the caller restarts the blob), map
 through :func:`check_response` and retries temporary failures in place with exponential
 backoff, honouring ``Retry-After``. PATCH is never repeated in place: after a failure the
 session's state is unknown, and the robust unit of retry is the whole blob in a new session.
+
+A request that was repeated in place until ``retries`` ran out has had its budget: callers
+must not start it over (a blob restart after it would multiply the budget). A ``cancel``
+event stops the retry loop: no request starts once it is set, and backoff waits end early.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -47,8 +52,10 @@ class RegistryClient:
 
     Plain http is used when ``insecure`` is true, or when it is None (the default) and the host
     is loopback; otherwise https with verified TLS (``ca_file`` adds a CA bundle). ``transport``
-    is the test seam (``httpx.MockTransport``); ``sleep`` and ``clock`` are injectable for the
-    same reason. ``retries`` bounds the repeats of one request and of one blob.
+    is the test seam (``httpx.MockTransport``); ``sleep`` (None: wait in real time, cut short
+    by a cancel event) and ``clock`` are injectable for the same reason. ``retries`` is the
+    budget of one request (repeated in place) and of one blob (restarted in a fresh session
+    after a failure that only a new session cures); see :meth:`request`.
     """
 
     def __init__(
@@ -64,7 +71,7 @@ class RegistryClient:
         max_wait: float = 60.0,
         on_event: ProgressCallback = ignore_event,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -121,12 +128,21 @@ class RegistryClient:
         key: str | None = None,
         authenticate: bool = True,
         follow_redirects: bool = False,
+        retry: bool = True,
+        cancel: threading.Event | None = None,
     ) -> httpx.Response:
-        """Send one request; raise RegistryError/AuthError unless the status is expected."""
+        """Send one request; raise RegistryError/AuthError unless the status is expected.
+
+        A temporary failure is repeated in place, ``retries`` times at most, unless ``retry``
+        is false (a best-effort request) or the request cannot be repeated (see
+        :meth:`repeats_in_place`). Once ``cancel`` is set nothing more is sent.
+        """
         target = self.url(url) if isinstance(url, str) else url
         streamed = content is not None and not isinstance(content, bytes)
+        repeatable = retry and self.repeats_in_place(method, content)
         attempt = 0
         while True:
+            _stop_if_cancelled(cancel, f"{method} {redact_url(target)} not sent")
             try:
                 outgoing = self._build(method, target, headers, content)
                 response = self._send(
@@ -136,10 +152,20 @@ class RegistryClient:
                 return response
             except RegistryError as error:
                 attempt += 1
-                wait = None if streamed or method == "PATCH" else self.retry_delay(error, attempt)
+                wait = self.retry_delay(error, attempt) if repeatable else None
                 if wait is None:
                     raise
-                self.announce_retry(error, attempt, wait, key=key)
+                self.announce_retry(error, attempt, wait, key=key, cancel=cancel)
+
+    @staticmethod
+    def repeats_in_place(method: str, content: Body) -> bool:
+        """Whether :meth:`request` repeats this request itself after a temporary failure.
+
+        Not a streamed body (consumed by the first try) and not a PATCH (the upload session's
+        state is unknown after a failed one): their failures are for the caller to cure by
+        restarting the whole blob.
+        """
+        return method != "PATCH" and (content is None or isinstance(content, bytes))
 
     def retry_delay(
         self, error: RegistryError, attempt: int, *, temporary: bool | None = None
@@ -165,8 +191,9 @@ class RegistryClient:
         *,
         key: str | None = None,
         restart: bool = False,
+        cancel: threading.Event | None = None,
     ) -> None:
-        """Log the retry, tell the progress callback, sleep.
+        """Log the retry, tell the progress callback, wait (raising if ``cancel`` is set).
 
         ``restart`` means the blob ``key`` is sent again from byte 0 (BlobRetry: its progress
         restarts); a request repeated in place sends no blob bytes again and is only a Message.
@@ -178,7 +205,16 @@ class RegistryClient:
             prefix = f"{key}: " if key else ""
             text = f"{prefix}retry {attempt}/{self.retries} in {wait:.1f}s: {error}"
             self.on_event(Message(text))
-        self.sleep(wait)
+        self._pause(wait, cancel)
+        _stop_if_cancelled(cancel, f"{key or error.method or 'request'} not retried")
+
+    def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
+        if self.sleep is not None:
+            self.sleep(seconds)
+        elif cancel is not None:
+            cancel.wait(seconds)  # returns as soon as another worker gives up
+        else:
+            time.sleep(seconds)
 
     def location(self, response: httpx.Response) -> httpx.URL:
         """The response's ``Location``, resolved against the request URL.
@@ -298,6 +334,11 @@ class RegistryClient:
         if not isinstance(answer, dict):
             raise AuthError(f"token service {redact_url(url)} answered something that is not JSON")
         return answer
+
+
+def _stop_if_cancelled(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise RegistryError(f"{what}: cancelled because another operation failed")
 
 
 def _base_url(registry: str, insecure: bool | None) -> httpx.URL:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError
@@ -27,28 +27,14 @@ def get_manifest(
     ``scopes`` default to pull on ``repo``; a pusher passes its push scopes so that one token
     serves the whole push (GitLab issues a token per scope set).
     """
-    response = client.request(
-        "GET",
+    return _get_checked(
+        client,
         f"/v2/{repo}/manifests/{ref}",
-        scopes=scopes or [repository_scope(repo, "pull")],
+        scopes or [repository_scope(repo, "pull")],
+        what=f"manifest {ref} of {repo}",
+        expected=ref if ref.startswith("sha256:") else None,
         headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-        expect={200, 404},
-        follow_redirects=True,
     )
-    if response.status_code == 404:
-        return None
-    data = response.content
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise RegistryError(
-            f"manifest {ref} of {repo} is {len(data)} bytes, more than a manifest may be",
-            method="GET",
-            url=redact_url(response.request.url),
-        )
-    digest = Digest.of(data)
-    if ref.startswith("sha256:") and ref != str(digest):
-        raise DigestMismatchError(f"manifest {repo}@{ref}", ref, str(digest))
-    media_type = response.headers.get("content-type", "").split(";")[0].strip()
-    return data, media_type, digest
 
 
 def put_manifest(
@@ -87,22 +73,46 @@ def get_small_blob(
     scopes: Sequence[str] | None = None,
 ) -> bytes | None:
     """A small blob (an image config) of ``repo``, checked against its digest; None if absent."""
-    response = client.request(
-        "GET",
+    found = _get_checked(
+        client,
         f"/v2/{repo}/blobs/{digest}",
-        scopes=scopes or [repository_scope(repo, "pull")],
-        expect={200, 404},
-        follow_redirects=True,
+        scopes or [repository_scope(repo, "pull")],
+        what=f"blob {digest} of {repo}",
+        expected=str(digest),
+        max_size=max_size,
+    )
+    return None if found is None else found[0]
+
+
+def _get_checked(
+    client: RegistryClient,
+    path: str,
+    scopes: Sequence[str],
+    *,
+    what: str,
+    expected: str | None,
+    max_size: int = MAX_MANIFEST_BYTES,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[bytes, str, Digest] | None:
+    """GET a small document as (bytes, media type, digest), or None on 404.
+
+    A body larger than ``max_size``, or not hashing to ``expected``, is an error: what a
+    registry (or a proxy) sends instead must never become part of an image.
+    """
+    response = client.request(
+        "GET", path, scopes=scopes, headers=headers, expect={200, 404}, follow_redirects=True
     )
     if response.status_code == 404:
         return None
     data = response.content
     if len(data) > max_size:
         raise RegistryError(
-            f"blob {digest} of {repo} is {len(data)} bytes, more than expected ({max_size})",
+            f"{what} is {len(data)} bytes, more than the {max_size} expected",
             method="GET",
             url=redact_url(response.request.url),
         )
-    if Digest.of(data) != digest:
-        raise DigestMismatchError(f"blob {repo}@{digest}", str(digest), str(Digest.of(data)))
-    return data
+    digest = Digest.of(data)
+    if expected is not None and str(digest) != expected:
+        raise DigestMismatchError(what, expected, str(digest))
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    return data, media_type, digest

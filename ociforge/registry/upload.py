@@ -3,9 +3,14 @@
 The streaming flow (registry-notes.md, "Blob upload"): ``POST`` starts a session, one ``PATCH``
 carries the whole blob as a chunked-encoded stream, ``PUT <location>&digest=`` with an empty
 body finalises it. The digest is known only when the stream is exhausted, which is exactly when
-the PUT needs it. Every step follows the newest ``Location``. When anything fails in a way a new
-attempt may cure, the whole blob is restarted from byte 0 in a fresh session: the caller's
-``open_stream`` regenerates the identical bytes (layers are recipes, not files).
+the PUT needs it. Every step follows the newest ``Location``.
+
+Two kinds of retry that never multiply: the client repeats a body-less request in place
+(``retries`` times at most; what still fails is final), and a failure no such repeat can cure (a
+failed PATCH, a stale or vanished session) restarts the whole blob from byte 0 in a fresh session
+(``retries`` times at most): ``open_stream`` regenerates the identical bytes (layers are recipes,
+not files). Once ``cancel`` is set (``upload_all``: another blob failed), nothing is sent but a
+best-effort DELETE of the session: it is checked before each request, wait and chunk.
 
 Chunked mode (``chunk_size``) sends several PATCHes with ``Content-Range: start-end`` for
 registries and proxies that cap one request's size; it holds one chunk in memory.
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 _OCTET = {"Content-Type": "application/octet-stream"}
 # A stale or vanished session is final for that request but not for the blob.
 _SESSION_CODES = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
+_CANCELLED = "cancelled because another blob upload failed"
 
 
 class BlobStream(Protocol):
@@ -97,7 +103,9 @@ class BlobResult:
     outcome: Literal["uploaded", "skipped", "mounted"]
 
 
-def blob_exists(client: RegistryClient, repo: str, digest: Digest) -> int | None:
+def blob_exists(
+    client: RegistryClient, repo: str, digest: Digest, *, cancel: threading.Event | None = None
+) -> int | None:
     """``HEAD`` the blob in ``repo`` (existence is per repository): its size, or None."""
     response = client.request(
         "HEAD",
@@ -105,13 +113,21 @@ def blob_exists(client: RegistryClient, repo: str, digest: Digest) -> int | None
         scopes=[repository_scope(repo)],
         expect={200, 404},
         follow_redirects=True,
+        cancel=cancel,
     )
     if response.status_code == 404:
         return None
     return int(response.headers.get("content-length", "0"))
 
 
-def mount_blob(client: RegistryClient, repo: str, digest: Digest, from_repo: str) -> bool:
+def mount_blob(
+    client: RegistryClient,
+    repo: str,
+    digest: Digest,
+    from_repo: str,
+    *,
+    cancel: threading.Event | None = None,
+) -> bool:
     """Ask the registry to link ``digest`` from ``from_repo``; True only on 201 Created.
 
     Anything else means "upload normally": 202 opened an ordinary session (cancelled here so it
@@ -125,9 +141,10 @@ def mount_blob(client: RegistryClient, repo: str, digest: Digest, from_repo: str
                 {"mount": str(digest), "from": from_repo}
             ),
             scopes=scopes,
+            cancel=cancel,
         )
     except RegistryError as error:
-        if error.temporary:
+        if error.temporary or _is_set(cancel):
             raise
         log.debug("mount of %s from %s refused: %s", digest, from_repo, error)
         return False
@@ -150,30 +167,45 @@ def upload_blob(
     description: str = "",
     cancel: threading.Event | None = None,
 ) -> tuple[Digest, int]:
-    """Upload one blob, retrying it whole in fresh sessions; return its digest and size.
+    """Upload one blob, restarting it whole in fresh sessions; return its digest and size.
 
-    If ``expected`` is given and the bytes hash differently, DigestMismatchError is raised
-    before the finalising PUT: a wrong blob is never committed. Setting ``cancel`` aborts the
-    upload at the next chunk.
+    A blob is restarted only after a failure a fresh session may cure (see the module doc),
+    ``client.retries`` times at most. If ``expected`` is given and the bytes hash differently,
+    DigestMismatchError is raised before the finalising PUT: a wrong blob is never committed.
+    Setting ``cancel`` stops the upload before its next request, wait or chunk.
     """
     if chunk_size is not None and chunk_size <= 0:
         raise UsageError(f"chunk size must be positive, got {chunk_size}")
     client.on_event(BlobStarted(key, total, description))
-    attempt = 0
+    restarts = 0
     while True:
+        # Failures to open a session were already repeated in place: they are final.
+        session = _Session.start(client, repo, key, cancel)
         try:
-            session = _Session.start(client, repo, key, cancel)
             digest, size = session.send(open_stream, expected, chunk_size)
         except RegistryError as error:
-            attempt += 1
-            restartable = error.temporary or bool(_SESSION_CODES & set(error.codes))
-            wait = client.retry_delay(error, attempt, temporary=restartable)
-            if wait is None or (cancel is not None and cancel.is_set()):
+            if _is_set(cancel):
+                session.abandon()
                 raise
-            client.announce_retry(error, attempt, wait, key=key, restart=True)
+            restarts += 1
+            wait = client.retry_delay(error, restarts, temporary=_cured_by_restart(error))
+            if wait is None:
+                raise
+            client.announce_retry(error, restarts, wait, key=key, restart=True, cancel=cancel)
             continue
         client.on_event(BlobFinished(key, "uploaded", size, str(digest)))
         return digest, size
+
+
+def _cured_by_restart(error: RegistryError) -> bool:
+    """Whether a fresh session may succeed where this one failed, without spending twice.
+
+    Temporary failures of other requests than PATCH (``RegistryClient.repeats_in_place``)
+    arrive here with their budget already spent in place.
+    """
+    if _SESSION_CODES & set(error.codes):
+        return True
+    return error.temporary and error.method == "PATCH"
 
 
 def upload_bytes(client: RegistryClient, repo: str, data: bytes, *, key: str = "config") -> Digest:
@@ -191,16 +223,17 @@ def push_blob(
     cancel: threading.Event | None = None,
 ) -> BlobResult:
     """HEAD (if the digest is known), then mount (if a source repo is given), then upload."""
-    if cancel is not None and cancel.is_set():
-        raise RegistryError(f"push of {job.key} cancelled because another blob upload failed")
+    if _is_set(cancel):
+        raise RegistryError(f"push of {job.key} {_CANCELLED}")
     if job.expected is not None:
-        size = blob_exists(client, repo, job.expected)
+        size = blob_exists(client, repo, job.expected, cancel=cancel)
         outcome: Literal["skipped", "mounted"] = "skipped"
-        mountable = size is None and job.mount_from and job.mount_from != repo
-        if mountable and mount_blob(client, repo, job.expected, job.mount_from or ""):
+        source = job.mount_from if size is None and job.mount_from != repo else None
+        if source and mount_blob(client, repo, job.expected, source, cancel=cancel):
             outcome = "mounted"
-            size = job.size if job.size is not None else blob_exists(client, repo, job.expected)
-            size = size or 0
+            size = job.size
+            if size is None:
+                size = blob_exists(client, repo, job.expected, cancel=cancel) or 0
         if size is not None:
             client.on_event(BlobStarted(job.key, job.size, job.description))
             client.on_event(BlobFinished(job.key, outcome, size, str(job.expected)))
@@ -229,24 +262,35 @@ def upload_all(
 ) -> list[BlobResult]:
     """Push ``jobs`` with at most ``max_workers`` in flight; results in job order.
 
-    The first failure stops the others (pending ones never start, running ones abort at their
-    next chunk) and is raised once they have stopped.
+    The first failure stops the others (queued ones never start, running ones stop before
+    their next request, wait or chunk) and is raised once they have stopped.
     """
     if max_workers < 1:
         raise UsageError(f"max_workers must be at least 1, got {max_workers}")
     cancel = threading.Event()
+    failures: list[BaseException] = []  # the first is what cancelled the others
+
+    def push(job: BlobJob) -> BlobResult:
+        try:
+            return push_blob(client, repo, job, chunk_size=chunk_size, cancel=cancel)
+        except BaseException as error:
+            failures.append(error)
+            # Here, not in the waiting thread: this worker takes the next queued job at once.
+            cancel.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ociforge-push") as pool:
-        futures = [
-            pool.submit(push_blob, client, repo, job, chunk_size=chunk_size, cancel=cancel)
-            for job in jobs
-        ]
+        futures = [pool.submit(push, job) for job in jobs]
         try:
             for future in as_completed(futures):
                 future.result()
-        except BaseException:
+        except BaseException as error:
             cancel.set()
             for future in futures:
                 future.cancel()
+            # A cancelled upload may finish before the failure that cancelled it: report that.
+            if failures and failures[0] is not error:
+                raise failures[0] from None
             raise
     return [future.result() for future in futures]
 
@@ -267,7 +311,11 @@ class _Session:
     ) -> _Session:
         # A body-less POST first: it answers any auth challenge before a body is streamed.
         started = client.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", scopes=[repository_scope(repo)], key=key
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            scopes=[repository_scope(repo)],
+            key=key,
+            cancel=cancel,
         )
         return cls(client, repo, key, cancel, client.location(started))
 
@@ -302,7 +350,13 @@ class _Session:
         self, method: str, url: httpx.URL, content: Body = None, headers: Mapping[str, str] = _OCTET
     ) -> httpx.Response:
         return self.client.request(
-            method, url, scopes=self.scopes, headers=headers, content=content, key=self.key
+            method,
+            url,
+            scopes=self.scopes,
+            headers=headers,
+            content=content,
+            key=self.key,
+            cancel=self.cancel,
         )
 
     def patch(self, content: Body, extra_headers: Mapping[str, str]) -> None:
@@ -324,10 +378,14 @@ class _Session:
         _cancel_session(self.client, self.location, self.scopes)
 
 
+def _is_set(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
 def _checked(chunks: Iterable[bytes], cancel: threading.Event | None) -> Iterator[bytes]:
     for chunk in chunks:
-        if cancel is not None and cancel.is_set():
-            raise RegistryError("upload cancelled because another blob upload failed")
+        if _is_set(cancel):
+            raise RegistryError(f"upload {_CANCELLED}")
         if chunk:
             yield chunk
 
@@ -351,8 +409,9 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
 
 
 def _cancel_session(client: RegistryClient, location: httpx.URL, scopes: list[str]) -> None:
-    """Best-effort DELETE of an upload session we will not finish (it would expire anyway)."""
+    """Best-effort DELETE of an upload session we will not finish (it would expire anyway):
+    tried once, even after a cancel, for a cancelled push must end now."""
     try:
-        client.request("DELETE", location, scopes=scopes)
+        client.request("DELETE", location, scopes=scopes, retry=False)
     except RegistryError as error:
         log.debug("could not cancel upload session: %s", error)

@@ -22,13 +22,13 @@ import logging
 import re
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from tests.support.loopbackapp import LoopbackApp
 from tests.support.registry import LoopbackHandler, LoopbackHTTPServer
 
 logger = logging.getLogger(__name__)
@@ -134,44 +134,18 @@ class _State:
     requests: list[ProxiedRequest] = field(default_factory=list)
 
 
-class FaultProxy:
+class FaultProxy(LoopbackApp):
     """Threaded reverse proxy on 127.0.0.1; start/stop or use as a context manager."""
 
     def __init__(self, upstream_url: str, *, location_mode: LocationMode = "proxy") -> None:
+        super().__init__(_Handler)
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
             raise ValueError(f"upstream must be http://host:port, got {upstream_url!r}")
         self.upstream_netloc = parts.netloc
         self.upstream_address = (parts.hostname, parts.port)
         self.location_mode: LocationMode = location_mode
-        self._lock = threading.Lock()
         self._state = _State()
-        self._server: LoopbackHTTPServer | None = None
-
-    def start(self) -> FaultProxy:
-        self._server = LoopbackHTTPServer(_Handler, self)
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def host(self) -> str:
-        if self._server is None:
-            raise RuntimeError("fault proxy not started")
-        return f"127.0.0.1:{self._server.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     def add_fault(self, *faults: Fault) -> None:
         with self._lock:

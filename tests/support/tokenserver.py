@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.loopbackapp import LoopbackApp
 from tests.support.registry import LoopbackHandler, LoopbackHTTPServer, TokenAuthConfig
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class _State:
     requests: list[TokenRequest] = field(default_factory=list)
 
 
-class TokenServer:
+class TokenServer(LoopbackApp):
     """Threaded GitLab-like token server on 127.0.0.1; start/stop or use as a context manager."""
 
     PATH = "/jwt/auth"
@@ -124,37 +124,14 @@ class TokenServer:
         issuer: str = "gitlab-issuer",
         key_header: Literal["kid", "x5c"] = "kid",
     ) -> None:
+        super().__init__(_Handler)
         self.service = service
         self.issuer = issuer
         self.key_header = key_header
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.certificate = _self_signed(self._key)
         self.key_id = libtrust_key_id(self._key.public_key())
-        self._lock = threading.Lock()
         self._state = _State()
-        self._server: LoopbackHTTPServer | None = None
-
-    # --- lifecycle
-    def start(self) -> TokenServer:
-        self._server = LoopbackHTTPServer(_Handler, self)
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("token server not started")
-        return f"http://127.0.0.1:{self._server.port}"
 
     @property
     def realm(self) -> str:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -30,7 +32,7 @@ class Sleeps(list[float]):
 
 
 def make_client(
-    handler: Handler, sleeps: Sleeps | None = None, **options: object
+    handler: Handler, sleeps: Callable[[float], None] | None = None, **options: object
 ) -> RegistryClient:
     return RegistryClient(
         "registry.example.com",
@@ -165,6 +167,79 @@ def test_patch_is_never_retried_in_place() -> None:
         client.request("PATCH", "/v2/a/blobs/uploads/u?_state=x", content=b"data")
     assert caught.value.temporary  # the caller restarts the blob
     assert (len(seen), sleeps) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "repeated"),
+    [
+        ("GET", None, True),
+        ("PUT", b"", True),
+        ("POST", b"{}", True),
+        ("PUT", iter([b"streamed"]), False),
+        ("PATCH", b"data", False),
+    ],
+)
+def test_which_requests_are_repeated_in_place(
+    method: str, content: bytes | Iterator[bytes] | None, repeated: bool
+) -> None:
+    handler, seen = answers(httpx.Response(503), httpx.Response(201))
+    with make_client(handler, retries=3) as client:
+        assert client.repeats_in_place(method, content) is repeated
+        if repeated:
+            client.request(method, "/v2/a/blobs/uploads/u", content=content)
+        else:
+            with pytest.raises(RegistryError):
+                client.request(method, "/v2/a/blobs/uploads/u", content=content)
+    assert len(seen) == (2 if repeated else 1)
+
+
+def test_best_effort_requests_are_sent_once() -> None:
+    sleeps = Sleeps()
+    handler, seen = answers(httpx.Response(503), httpx.Response(204))
+    with make_client(handler, sleeps) as client, pytest.raises(RegistryError):
+        client.request("DELETE", "/v2/a/blobs/uploads/u", retry=False)
+    assert (len(seen), sleeps) == (1, [])
+
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+def test_nothing_is_sent_once_cancelled() -> None:
+    handler, seen = answers(httpx.Response(200, json={}))
+    cancel = threading.Event()
+    cancel.set()
+    with make_client(handler) as client, pytest.raises(RegistryError, match="cancelled") as caught:
+        client.request("GET", "/v2/", cancel=cancel)
+    assert seen == []
+    assert "GET https://registry.example.com/v2/ not sent" in str(caught.value)
+
+
+def test_cancel_during_the_backoff_ends_the_retries() -> None:
+    cancel = threading.Event()
+    sleeps = Sleeps()
+
+    def sleep(seconds: float) -> None:
+        sleeps(seconds)
+        cancel.set()  # another worker gave up meanwhile
+
+    handler, seen = answers(*[httpx.Response(503)] * 6)
+    with make_client(handler, sleep) as client, pytest.raises(RegistryError, match="cancelled"):
+        client.request("POST", "/v2/a/blobs/uploads/", cancel=cancel)
+    assert (len(seen), sleeps) == (1, [0.5])
+
+
+def test_a_real_backoff_wait_is_cut_short_by_cancel() -> None:
+    cancel = threading.Event()
+    handler, seen = answers(registry_error(429, "TOOMANYREQUESTS", {"Retry-After": "30"}))
+    client = RegistryClient("registry.example.com", transport=httpx.MockTransport(handler))
+    timer = threading.Timer(0.1, cancel.set)
+    started = time.monotonic()
+    timer.start()
+    with client, pytest.raises(RegistryError, match="cancelled"):
+        client.request("GET", "/v2/", cancel=cancel)
+    timer.join()
+    assert time.monotonic() - started < 10  # not the 30 s the registry asked for
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from ociforge.registry.manifests import (
     MANIFEST_MEDIA_TYPES,
     OCI_MANIFEST,
     get_manifest,
+    get_small_blob,
     put_manifest,
 )
 from ociforge.registry.upload import (
@@ -208,6 +209,137 @@ def test_a_failing_layer_stream_is_not_retried() -> None:
     assert len(fake.calls("POST")) == 1
 
 
+def reset_connection() -> httpx.Response:
+    raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+
+def read_error() -> httpx.Response:
+    raise httpx.ReadError("[Errno 104] Connection reset by peer")
+
+
+def session_unknown() -> httpx.Response:
+    body = {"errors": [{"code": "BLOB_UPLOAD_UNKNOWN", "message": "blob upload unknown"}]}
+    return httpx.Response(404, json=body)
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "restarts"),
+    [
+        ("POST", lambda: httpx.Response(503), False),
+        ("PUT", lambda: httpx.Response(502, text="<h1>Bad Gateway</h1>"), False),
+        ("PUT", read_error, False),
+        ("PATCH", lambda: httpx.Response(503), True),
+        ("PATCH", reset_connection, True),
+        ("PUT", session_unknown, True),
+    ],
+    ids=["post-503", "put-502", "put-reset", "patch-503", "patch-reset", "put-session-unknown"],
+)
+def test_a_failing_request_is_tried_at_most_the_budget(
+    method: str, answer: Callable[[], httpx.Response], restarts: bool
+) -> None:
+    """Retried in place (POST, PUT) or by restarting the blob (a failed PATCH, a lost
+    session), never both: the request that keeps failing is tried 1 + retries times."""
+    fake = FakeRegistry()
+    fake.faults.append(lambda r: answer() if r.method == method else None)
+    rec = Recorder()
+    with client_for(fake, rec, retries=3) as client, pytest.raises(RegistryError):
+        upload_blob(client, "app", opener(LAYER), key="l")
+    assert len(fake.calls(method)) == 4
+    assert len(rec.sleeps) == 3
+    assert len(rec.of(BlobRetry)) == (3 if restarts else 0)
+    assert len(rec.of(Message)) == (0 if restarts else 3)  # in-place retries are notes
+    assert len(fake.calls("POST")) == (4 if restarts or method == "POST" else 1)
+    assert fake.blobs == {}
+
+
+def test_in_place_retries_and_restarts_do_not_multiply() -> None:
+    # Every session's PATCH is cut, and every second POST answers 503 once: each POST is
+    # repeated at most once in place, and the blob is restarted retries times, not more.
+    fake = FakeRegistry()
+    fake.faults.append(lambda r: reset_connection() if r.method == "PATCH" else None)
+    posts = iter(range(100))
+    fake.faults.append(
+        lambda r: httpx.Response(503) if r.method == "POST" and next(posts) % 2 else None
+    )
+    rec = Recorder()
+    with client_for(fake, rec, retries=2) as client, pytest.raises(RegistryError) as caught:
+        upload_blob(client, "app", opener(LAYER), key="l")
+    assert "RemoteProtocolError" in str(caught.value)
+    assert len(fake.calls("PATCH")) == 3
+    assert len(fake.calls("POST")) == 5  # three sessions, two of them after one 503
+    assert [e.attempt for e in rec.of(BlobRetry)] == [1, 2]
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+def cancelling_client(
+    fake: FakeRegistry, cancel: threading.Event, rec: Recorder, retries: int = 3
+) -> RegistryClient:
+    """A client whose first backoff wait is when another worker gives up (sets ``cancel``)."""
+
+    def sleep(seconds: float) -> None:
+        rec.sleeps.append(seconds)
+        cancel.set()
+
+    return RegistryClient(
+        REGISTRY,
+        transport=fake.transport(),
+        on_event=rec.events.append,
+        sleep=sleep,
+        retries=retries,
+    )
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT"])
+def test_cancel_during_a_backoff_wait_sends_nothing_more(method: str) -> None:
+    fake = FakeRegistry()
+    fake.faults.append(lambda r: httpx.Response(503) if r.method == method else None)
+    cancel = threading.Event()
+    rec = Recorder()
+    with (
+        cancelling_client(fake, cancel, rec) as client,
+        pytest.raises(RegistryError, match="cancelled"),
+    ):
+        upload_blob(client, "app", opener(LAYER), key="l", cancel=cancel)
+    assert len(fake.calls(method)) == 1
+    assert len(rec.sleeps) == 1
+    assert rec.of(BlobFinished) == []
+
+
+def test_cancel_mid_stream_only_deletes_the_session() -> None:
+    fake = FakeRegistry()
+    fake.faults.append(lambda r: httpx.Response(503) if r.method == "DELETE" else None)
+    cancel = threading.Event()
+
+    def stream() -> HashingStream:
+        def gen() -> Iterator[bytes]:
+            yield b"first"
+            cancel.set()  # another blob failed while this one was streaming
+            yield b"second"
+
+        return HashingStream(gen())
+
+    rec = Recorder()
+    with client_for(fake, rec) as client, pytest.raises(RegistryError, match="cancelled"):
+        upload_blob(client, "app", stream, key="l", cancel=cancel)
+    # The aborted PATCH never reached the registry; the DELETE is tried once, not retried.
+    assert [r.method for r in fake.requests] == ["POST", "DELETE"]
+    assert fake.requests[1].url.path == fake.requests[0].url.path + next(iter(fake.uploads))
+    assert rec.sleeps == [] and rec.of(BlobRetry) == []
+
+
+def test_a_failed_blob_stops_the_queued_ones() -> None:
+    fake = FakeRegistry()
+    denied = httpx.Response(403, json={"errors": [{"code": "DENIED", "message": "no push"}]})
+    fake.fail_once(lambda r: r.method == "POST", denied)
+    jobs = [BlobJob(f"b{i}", opener(b"blob %d" % i)) for i in range(4)]
+    with client_for(fake) as client, pytest.raises(RegistryError) as caught:
+        upload_all(client, "app", jobs, max_workers=1)
+    assert caught.value.codes == ("DENIED",)  # the failure, not a cancellation
+    assert len(fake.requests) == 1
+
+
 # -- existence, mount, config blobs -------------------------------------------------------------
 
 
@@ -310,6 +442,19 @@ def test_manifest_by_digest_is_verified() -> None:
     fake.manifests[("app", sha(b"x"))] = (data, OCI_MANIFEST)
     with client_for(fake) as client, pytest.raises(DigestMismatchError):
         get_manifest(client, "app", sha(b"x"))
+
+
+def test_small_blobs_are_checked_like_manifests() -> None:
+    fake = FakeRegistry()
+    config = b'{"os":"linux"}'
+    fake.blobs["app"] = {sha(config): config, sha(b"big"): b"x" * 100, sha(b"y"): b"z"}
+    with client_for(fake) as client:
+        assert get_small_blob(client, "app", Digest.of(config)) == config
+        assert get_small_blob(client, "app", Digest.of(b"absent")) is None
+        with pytest.raises(RegistryError, match="is 100 bytes, more than the 50 expected"):
+            get_small_blob(client, "app", Digest.of(b"big"), max_size=50)
+        with pytest.raises(DigestMismatchError, match=f"blob {sha(b'y')} of app"):
+            get_small_blob(client, "app", Digest.of(b"y"))
 
 
 # -- concurrency -------------------------------------------------------------------------------
