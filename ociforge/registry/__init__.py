@@ -20,13 +20,10 @@ from ociforge.registry.manifests import (
     put_manifest,
 )
 from ociforge.registry.responses import check_response, redact_url
+from ociforge.registry.streams import BlobStream, BytesBlob, HashingStream, StreamOpener
 from ociforge.registry.upload import (
     BlobJob,
     BlobResult,
-    BlobStream,
-    BytesBlob,
-    HashingStream,
-    StreamOpener,
     blob_exists,
     mount_blob,
     push_blob,

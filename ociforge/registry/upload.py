@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import httpx
 
-from ociforge.digest import Digest, HashingCounter
+from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, RegistryError, UsageError
 from ociforge.events import BlobFinished, BlobProgress, BlobStarted
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import Body, RegistryClient
+from ociforge.registry.streams import BlobStream, BytesBlob, StreamOpener
 
 log = logging.getLogger(__name__)
 
@@ -39,48 +40,6 @@ _OCTET = {"Content-Type": "application/octet-stream"}
 # A stale or vanished session is final for that request but not for the blob.
 _SESSION_CODES = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
 _CANCELLED = "cancelled because another blob upload failed"
-
-
-class BlobStream(Protocol):
-    """An iterable of byte chunks that knows its digest and size once exhausted."""
-
-    def __iter__(self) -> Iterator[bytes]: ...
-
-    @property
-    def digest(self) -> Digest: ...
-
-    @property
-    def size(self) -> int: ...
-
-
-StreamOpener = Callable[[], BlobStream]
-
-
-class HashingStream:
-    """Wraps plain chunks into a BlobStream that hashes and counts them as they pass."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = chunks
-        self._counter = HashingCounter()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._counter.tap(self._chunks)
-
-    @property
-    def digest(self) -> Digest:
-        return self._counter.digest
-
-    @property
-    def size(self) -> int:
-        return self._counter.size
-
-
-class BytesBlob(HashingStream):
-    """A blob already in memory (a config): sent with Content-Length, repeatable after a 401."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__([data] if data else [])
-        self.data = data
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from ociforge.events import BlobRetry, Event
 from ociforge.registry.auth import Authenticator, Challenge, merge_scopes, parse_challenges
 from ociforge.registry.client import RegistryClient
 from ociforge.registry.credentials import Credentials
-from ociforge.registry.upload import BytesBlob, HashingStream, blob_exists, mount_blob, upload_blob
+from ociforge.registry.streams import BytesBlob, HashingStream
+from ociforge.registry.upload import blob_exists, mount_blob, upload_blob
 from tests.unit.test_registry_fake import REALM, REGISTRY, SERVICE, USERS, FakeRegistry, basic, sha
 
 ALICE = Credentials("alice", USERS["alice"], "test")

@@ -19,9 +19,9 @@ from ociforge.registry.manifests import (
     get_small_blob,
     put_manifest,
 )
+from ociforge.registry.streams import HashingStream
 from ociforge.registry.upload import (
     BlobJob,
-    HashingStream,
     blob_exists,
     mount_blob,
     upload_all,
