@@ -22,6 +22,14 @@
           done
         '' ];
       };
+      # bash for the shellHook entrypoint (--entrypoint-hook), from Debian's bash-static.
+      bash = builtins.derivation {
+        name = "bash-static";
+        inherit system;
+        builder = "/bin/sh";
+        PATH = "/usr/bin:/bin";
+        args = [ "-c" "mkdir -p $out/bin && cp /bin/bash-static $out/bin/bash" ];
+      };
       # What nixpkgs' cacert provides: a CA bundle at etc/ssl/certs/ca-bundle.crt, which
       # ociforge's essentials link at /etc/ssl/certs and point SSL_CERT_FILE & co. at. Copied
       # from Debian's ca-certificates here (with nixpkgs: add pkgs.cacert to the packages).
@@ -53,18 +61,20 @@
         # `nix print-dev-env` needs a bash builder and declared outputs (Nix 2.8).
         builder = "/bin/bash";
         outputs = [ "out" ];
-        buildInputs = [ busybox greet cacert ];
+        buildInputs = [ busybox greet cacert bash ];
         # stdenv's setup would build PATH from the inputs; without stdenv we write it.
-        PATH = "${greet}/bin:${busybox}/bin";
+        PATH = "${greet}/bin:${busybox}/bin:${bash}/bin";
         GREETING = "Hello from the example dev shell";
+        # Runs only with --entrypoint-hook (GitLab reads no rc file): prefer variables.
         shellHook = ''
           echo "entering the example dev shell"
+          export HOOK_RAN=yes
         '';
         # Like mkShell, record the inputs in the output so the image's closure holds them.
         args = [ "-c" "echo $buildInputs > $out" ];
       };
     in {
-      packages.${system} = { inherit busybox greet cacert devshell; default = devshell; };
+      packages.${system} = { inherit busybox greet cacert bash devshell; default = devshell; };
       devShells.${system}.default = devshell;
     };
 }

@@ -156,7 +156,37 @@ def test_with_nix_the_image_nix_sees_the_closure_as_valid(
     ran = podman.run(layout, ["/bin/sh", "-c", script], options=host)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     lines = ran.stdout.splitlines()
-    assert lines[0] == "verified 4"  # busybox, greet, cacert, the shell
+    assert lines[0] == "verified 5"  # busybox, bash, greet, cacert, the shell
     assert lines[1:3] == ["unknown-path-invalid", "answer = 42"]
     assert lines[3].endswith("-greet-1.0/bin/greet")
     assert lines[4] == "1"
+
+
+def test_the_entrypoint_hook_runs_the_shell_hook_before_the_job(
+    flake: str, tmp_path: Path, podman: Podman
+) -> None:
+    layout = f"oci:{tmp_path}/image:t"
+    run = ociforge(
+        "build", "--devshell", f"{flake}#{SHELL_ATTR}", layout, "--entrypoint-hook",
+        env=cli_env(tmp_path / "home"),
+    )  # fmt: skip
+    assert run.code == 0, run.explain()
+    # GitLab runs the job shell as the command: the entrypoint runs the hook, then execs it.
+    job = "echo hook=${HOOK_RAN:-no}; greet; read -r line && echo stdin=$line"
+    ran = podman.run(layout, ["sh", "-c", job], stdin=b"job script on stdin\n")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.splitlines() == [
+        "hook=yes",
+        "Hello from the example dev shell",
+        "stdin=job script on stdin",  # the hook read /dev/null, not the job's stdin
+    ]
+    assert "entering the example dev shell" in ran.stderr  # the hook's output goes to stderr
+    # Without the flag, nothing runs the hook.
+    plain = f"oci:{tmp_path}/plain:t"
+    assert (
+        ociforge(
+            "build", "--devshell", f"{flake}#{SHELL_ATTR}", plain, env=cli_env(tmp_path / "home")
+        ).code
+        == 0
+    )
+    assert podman.sh(plain, job.split(";")[0]).stdout.strip() == "hook=no"

@@ -49,10 +49,20 @@ class Podman:
         self("pull", "--tls-verify=false", *login, f"docker://{image}")
 
     def run(
-        self, image: str, command: Sequence[str], *, options: Sequence[str] = ()
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        options: Sequence[str] = (),
+        stdin: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` in ``image`` (already pulled, or ``oci:DIR:TAG``); never raises."""
-        return self("run", *RUN_FLAGS, *options, image, *command, check=False)
+        """Run ``command`` in ``image`` (already pulled, or ``oci:DIR:TAG``); never raises.
+
+        ``stdin`` is fed to the container (``-i``), as GitLab feeds a job script to its shell.
+        """
+        interactive = ("-i",) if stdin is not None else ()
+        return self("run", *RUN_FLAGS, *interactive, *options, image, *command, stdin=stdin,
+                    check=False)  # fmt: skip
 
     def sh(self, image: str, script: str) -> subprocess.CompletedProcess[str]:
         """What GitLab does with a job script: ``sh -c SCRIPT`` as the command."""
