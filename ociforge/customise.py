@@ -112,6 +112,19 @@ def customise(
         extra.append(entrypoint_entry(source.devenv, bash=find_program(ordered, ("bash",))))
         entrypoint = (ENTRYPOINT,)
     entries = tuple(merge_entries(links, extra))
+    if opts is not None and not any(e.name == "/etc/passwd" for e in entries):
+        warnings += _user_warning(opts)
     path = default_path(source.roots_to_link)
     env = dict(sorted(env.items()))
     return Customisation(entries, env, path, user_spec, entrypoint, warnings)
+
+
+def _user_warning(opts: EssentialsOptions) -> tuple[str, ...]:
+    """A user name the image cannot resolve stops every container before it starts."""
+    name = (opts.user or "").split(":", 1)[0]
+    if not name or name.isdigit() or name == "root":
+        return ()
+    return (
+        f"--user {name}: without essentials the image has no /etc/passwd entry for it and "
+        "containers will not start; add --essentials or give a numeric UID[:GID]",
+    )

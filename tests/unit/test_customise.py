@@ -81,6 +81,15 @@ def test_no_essentials_keeps_the_shell_environment_only(store: Path) -> None:
     assert custom.entries == ()
     assert custom.env["HOME"] == "/home/ci" and custom.env["USER"] == "ci"
     assert custom.user == "ci"
+    assert custom.warnings == (
+        "--user ci: without essentials the image has no /etc/passwd entry for it and containers "
+        "will not start; add --essentials or give a numeric UID[:GID]",
+    )
+    numeric = customise(source, essentials_options=EssentialsOptions.only(user="1000:1000"))
+    assert numeric.warnings == ()
+    fake_nss = package(store, "f", "fake-nss", {"etc/passwd": "ci:x:1000:1000::/:/bin/sh\n"})
+    own = ImageSource(closure_of(fake_nss, bb), devenv=shell_env(f"{bb}/bin"))
+    assert customise(own, essentials_options=EssentialsOptions.only(user="ci")).warnings == ()
 
 
 def test_only_what_is_asked_for_without_essentials(store: Path, tmp_path: Path) -> None:
