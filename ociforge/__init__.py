@@ -1,51 +1,107 @@
 """ociforge: build and push OCI images of Nix closures in one streaming pass.
 
 The public API is what ``__all__`` lists; everything else is private and may change.
+
+Names are imported on first use (PEP 562): ``import ociforge.errors`` or the command's entry
+point do not pay for httpx and pydantic until they need them, and the entry point can keep
+unused optional modules out before anything imports them (see ``__main__``).
 """
 
 from __future__ import annotations
 
-from ociforge.annotations import ci_annotations
-from ociforge.api import (
-    BuildResult,
-    build,
-    host_system,
-    load_closure,
-    load_source,
-    preview,
-    push,
-)
-from ociforge.assemble import BuiltImage, ImageOptions
-from ociforge.compress import Compression, CompressionOptions
-from ociforge.customise import ImageSource
-from ociforge.digest import Digest
-from ociforge.errors import (
-    AuthError,
-    DigestMismatchError,
-    ImageError,
-    NixError,
-    OciforgeError,
-    RegistryError,
-    UsageError,
-)
-from ociforge.essentials import EssentialsOptions
-from ociforge.events import (
-    BlobFinished,
-    BlobProgress,
-    BlobRetry,
-    BlobStarted,
-    Event,
-    Message,
-    ProgressCallback,
-)
-from ociforge.image import RuntimeConfig
-from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
-from ociforge.nix import Closure, StorePathInfo, read_closure
-from ociforge.push import PushedBlob, PushPreview, PushResult, RegistryOptions
-from ociforge.reference import Reference, parse_reference
-from ociforge.registry import Credentials
-from ociforge.reuse import LayerPreview
-from ociforge.tarstream import TarOptions
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ociforge.annotations import ci_annotations
+    from ociforge.api import (
+        BuildResult,
+        build,
+        host_system,
+        load_closure,
+        load_source,
+        preview,
+        push,
+    )
+    from ociforge.assemble import BuiltImage, ImageOptions
+    from ociforge.compress import Compression, CompressionOptions
+    from ociforge.customise import ImageSource
+    from ociforge.digest import Digest
+    from ociforge.errors import (
+        AuthError,
+        DigestMismatchError,
+        ImageError,
+        NixError,
+        OciforgeError,
+        RegistryError,
+        UsageError,
+    )
+    from ociforge.essentials import EssentialsOptions
+    from ociforge.events import (
+        BlobFinished,
+        BlobProgress,
+        BlobRetry,
+        BlobStarted,
+        Event,
+        Message,
+        ProgressCallback,
+    )
+    from ociforge.image import RuntimeConfig
+    from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
+    from ociforge.nix import Closure, StorePathInfo, read_closure
+    from ociforge.push import PushedBlob, PushPreview, PushResult, RegistryOptions
+    from ociforge.reference import Reference, parse_reference
+    from ociforge.registry import Credentials
+    from ociforge.reuse import LayerPreview
+    from ociforge.tarstream import TarOptions
+
+_EXPORTS: dict[str, str] = {
+    "AuthError": "ociforge.errors",
+    "BlobFinished": "ociforge.events",
+    "BlobProgress": "ociforge.events",
+    "BlobRetry": "ociforge.events",
+    "BlobStarted": "ociforge.events",
+    "BuildResult": "ociforge.api",
+    "BuiltImage": "ociforge.assemble",
+    "Closure": "ociforge.nix",
+    "Compression": "ociforge.compress",
+    "CompressionOptions": "ociforge.compress",
+    "Credentials": "ociforge.registry",
+    "Digest": "ociforge.digest",
+    "DigestMismatchError": "ociforge.errors",
+    "EssentialsOptions": "ociforge.essentials",
+    "Event": "ociforge.events",
+    "ImageError": "ociforge.errors",
+    "ImageOptions": "ociforge.assemble",
+    "ImageSource": "ociforge.customise",
+    "LayerPlan": "ociforge.layering",
+    "LayerPreview": "ociforge.reuse",
+    "Message": "ociforge.events",
+    "NixError": "ociforge.errors",
+    "OciforgeError": "ociforge.errors",
+    "ProgressCallback": "ociforge.events",
+    "PushPreview": "ociforge.push",
+    "PushResult": "ociforge.push",
+    "PushedBlob": "ociforge.push",
+    "Reference": "ociforge.reference",
+    "RegistryError": "ociforge.errors",
+    "RegistryOptions": "ociforge.push",
+    "RuntimeConfig": "ociforge.image",
+    "STRATEGIES": "ociforge.layering",
+    "StorePathInfo": "ociforge.nix",
+    "TarOptions": "ociforge.tarstream",
+    "UsageError": "ociforge.errors",
+    "build": "ociforge.api",
+    "ci_annotations": "ociforge.annotations",
+    "host_system": "ociforge.api",
+    "load_closure": "ociforge.api",
+    "load_source": "ociforge.api",
+    "parse_reference": "ociforge.reference",
+    "plan_layers": "ociforge.layering",
+    "preview": "ociforge.api",
+    "push": "ociforge.api",
+    "read_closure": "ociforge.nix",
+}
 
 __all__ = [
     "STRATEGIES",
@@ -94,3 +150,16 @@ __all__ = [
     "push",
     "read_closure",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ociforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

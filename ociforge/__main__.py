@@ -7,17 +7,20 @@ import sys
 
 
 def run() -> None:
-    """Start the CLI without loading async backends it never uses.
+    """Start the CLI without loading what it never uses.
 
-    httpcore imports trio and anyio whenever they are installed, only to support async clients;
-    ociforge is synchronous. Keeping them out saves ~150 ms of start-up, a third of a warm push.
-    Pydantic scans every installed distribution's entry points for plugins the first time a
-    model is built (tens of milliseconds in a big environment); the command has none to load.
+    - httpcore imports trio and anyio whenever they are installed, only to support async
+      clients; ociforge is synchronous (~150 ms of start-up, a third of a warm push).
+    - httpx imports its own command line (click, rich, pygments) whenever rich is installed;
+      blocked, httpx falls back to a stub ``httpx.main``.
+    - pydantic scans every installed distribution's entry points for plugins the first time a
+      model is built (tens of milliseconds in a big environment); the command loads none.
+
     Done here, in the process's entry point, never in the library: an application that imports
     ociforge keeps its own modules and plugins.
     """
-    for backend in ("trio", "anyio"):
-        sys.modules.setdefault(backend, None)  # type: ignore[arg-type]
+    for unused in ("trio", "anyio", "httpx._main"):
+        sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from ociforge.cli import main  # noqa: PLC0415 - after the guard above, on purpose
 

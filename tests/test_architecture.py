@@ -132,3 +132,4 @@ def test_public_api_is_pinned() -> None:
     assert len(ociforge.__all__) == len(PUBLIC_API)
     for name in ociforge.__all__:
         assert hasattr(ociforge, name), name
+    assert set(ociforge._EXPORTS) == PUBLIC_API  # the lazy imports serve exactly __all__
