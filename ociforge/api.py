@@ -38,6 +38,7 @@ from ociforge.push import (
     push_plan,
 )
 from ociforge.reference import Reference, parse_reference
+from ociforge.registry import check_ca_bundle
 
 _HOST_SYSTEMS = {
     "x86_64": "x86_64-linux",
@@ -200,7 +201,7 @@ def push(
         print(result.manifest_digest, result.up_to_date)
     """
     refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
-    reg = registry or RegistryOptions()
+    reg = _checked(registry)
     layout = _layout_source(source)
     if layout is not None:
         return push_layout(layout.directory, layout.tag, refs, reg, on_event)
@@ -225,9 +226,18 @@ def preview(
     refs = [d if isinstance(d, Reference) else parse_reference(d) for d in destinations]
     if _layout_source(source) is not None:
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
+    reg = _checked(registry)
     opts = options or ImageOptions()
     plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
-    return preview_push(plan, refs, registry or RegistryOptions())
+    return preview_push(plan, refs, reg)
+
+
+def _checked(registry: RegistryOptions | None) -> RegistryOptions:
+    """The options, with a bad --ca-file reported before nix evaluates anything."""
+    registry = registry or RegistryOptions()
+    if registry.ca_file is not None:
+        check_ca_bundle(registry.ca_file)
+    return registry
 
 
 def _layout_source(source: Source) -> OciTarget | None:

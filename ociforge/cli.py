@@ -446,7 +446,7 @@ def _registry_flags(func: F) -> F:
             ),
             click.option(
                 "--ca-file",
-                type=click.Path(exists=True, dir_okay=False),
+                type=click.Path(dir_okay=False),
                 help="Extra CA bundle to verify the registry's TLS certificate.",
             ),
             click.option(

@@ -7,7 +7,7 @@ layers, tar streams or nix. Operations are functions taking a :class:`RegistryCl
 from __future__ import annotations
 
 from ociforge.registry.auth import Challenge, merge_scopes, parse_challenges, repository_scope
-from ociforge.registry.client import RegistryClient
+from ociforge.registry.client import RegistryClient, check_ca_bundle
 from ociforge.registry.credentials import Credentials, auth_file_paths, resolve_credentials
 from ociforge.registry.manifests import (
     DOCKER_MANIFEST,
@@ -49,6 +49,7 @@ __all__ = [
     "StreamOpener",
     "auth_file_paths",
     "blob_exists",
+    "check_ca_bundle",
     "check_response",
     "get_manifest",
     "get_small_blob",

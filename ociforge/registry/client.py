@@ -351,6 +351,11 @@ def _base_url(registry: str, insecure: bool | None) -> httpx.URL:
         raise UsageError(f"invalid registry host {registry!r}") from None
 
 
+def check_ca_bundle(ca_file: str) -> None:
+    """UsageError now, before any work, if ``ca_file`` is not a CA bundle ssl can load."""
+    _tls_context(ca_file)
+
+
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_file)

@@ -186,13 +186,30 @@ def _shorten(text: str) -> str:
 def error_from_exception(exc: Exception, method: str, url: httpx.URL) -> RegistryError:
     """Wrap an httpx exception (the only place they are caught) into a RegistryError."""
     text = redact_text(str(exc).strip()) or type(exc).__name__
-    tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
-    temporary = isinstance(exc, httpx.TransportError) and not tls
+    tls = _TLS_HINTS.get(next((k for k in _TLS_HINTS if k in text), ""))
+    if tls is None and "SSL" in text:
+        tls = "the TLS handshake failed"
+    temporary = isinstance(exc, httpx.TransportError) and tls is None
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.ProxyError)):
         temporary = False
-    message = f"{method} {redact_url(url)} failed: {type(exc).__name__}: {_shorten(text)}"
-    if tls:
-        message += "; the TLS certificate is not trusted: pass --ca-file with its CA bundle"
-    elif isinstance(exc, httpx.TimeoutException):
-        message += "; the registry did not answer in time"
+    where = f"{method} {redact_url(url)} failed"
+    if tls is not None:  # OpenSSL's "[SSL: X] ... (_ssl.c:1006)" wrapping says nothing more
+        detail = _shorten(re.sub(r"\[SSL: \w+\]\s*|\s*\(_ssl\.c:\d+\)", "", text))
+        message = f"{where}: {tls} ({detail})"
+    else:
+        message = f"{where}: {type(exc).__name__}: {_shorten(text)}"
+        if isinstance(exc, httpx.TimeoutException):
+            message += "; the registry did not answer in time"
     return RegistryError(message, method=method, url=redact_url(url), temporary=temporary)
+
+
+# OpenSSL reason -> what the user can do about it
+_TLS_HINTS = {
+    "CERTIFICATE_VERIFY_FAILED": (
+        "the registry's TLS certificate is not trusted: pass --ca-file with its CA bundle "
+        "(or point SSL_CERT_FILE at one)"
+    ),
+    "WRONG_VERSION_NUMBER": (
+        "the registry does not speak TLS on this port: use --insecure for plain http"
+    ),
+}

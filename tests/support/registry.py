@@ -4,6 +4,11 @@ Three modes: ``anonymous`` (no auth), ``basic`` (htpasswd, bcrypt) and ``token``
 tokens from a token server, see ``tokenserver.py``). Every server gets a free port, a private
 storage directory with deletes enabled, and a log file kept for debugging.
 
+Any mode can serve https instead of http: pass ``tls`` (a certificate and key from ``tls.py``,
+``http.tls`` in the registry's config). ``address`` picks the loopback address to listen on:
+a TLS registry on 127.0.0.2 is reached over https by clients that use plain http only for
+localhost/127.0.0.1, as ociforge does (Linux routes all of 127.0.0.0/8 to ``lo``).
+
 The htpasswd file needs a bcrypt hash, the only scheme distribution accepts. No bcrypt package
 is a dependency, so a small pure-Python bcrypt lives here (cost 4, about 0.25 s, once per
 server); it was checked against libxcrypt and against the registry itself.
@@ -24,6 +29,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,6 +37,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
+
+from tests.support.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +60,10 @@ class TokenAuthConfig:
     root_cert_pem: bytes
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (racy by nature; callers retry on collision)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A currently free TCP port on ``address`` (racy by nature; callers retry on collision)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -73,9 +81,13 @@ class RegistryServer:
         token_auth: TokenAuthConfig | None = None,
         relative_urls: bool = False,
         startup_timeout: float = 10.0,
+        tls: TlsFiles | None = None,
+        address: str = "127.0.0.1",
     ) -> None:
         if (mode == "token") != (token_auth is not None):
             raise ValueError("token_auth is required for mode 'token' and only for it")
+        if tls is not None and address not in tls.ip_addresses:
+            raise ValueError(f"the TLS certificate does not name {address}")
         self.mode: RegistryMode = mode
         self.workdir = workdir
         self.storage_dir = workdir / "storage"
@@ -84,6 +96,8 @@ class RegistryServer:
         self.token_auth = token_auth
         self.relative_urls = relative_urls
         self.startup_timeout = startup_timeout
+        self.tls = tls
+        self.address = address
         self.username: str | None = username if mode == "basic" else None
         self.password: str | None = None
         if mode == "basic":
@@ -93,12 +107,12 @@ class RegistryServer:
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:PORT``, the registry part of an image reference."""
-        return f"127.0.0.1:{self.port}"
+        """``ADDRESS:PORT`` (127.0.0.1 unless told), the registry part of an image reference."""
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls is not None else 'http'}://{self.host}"
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -122,7 +136,7 @@ class RegistryServer:
         self._write_auth_files()
         # Another process may grab the port between free_port() and the bind: retry then.
         for attempt in range(3):
-            self.port = free_port()
+            self.port = free_port(self.address)
             self.config_path.write_text(json.dumps(self._config(), indent=2))
             self._spawn()
             try:
@@ -158,6 +172,27 @@ class RegistryServer:
     def __repr__(self) -> str:
         return f"RegistryServer(mode={self.mode!r}, url={self.url!r})"
 
+    def _probe(self) -> int | None:
+        """``GET /v2/``'s status, None while nothing answers. Over TLS the certificate is
+        verified against the test CA, so a registry that clients cannot trust never counts
+        as ready; that is reported at once rather than after the startup timeout."""
+        conn: http.client.HTTPConnection
+        if self.tls is None:
+            conn = http.client.HTTPConnection(self.address, self.port, timeout=1)
+        else:
+            context = self.tls.client_context()
+            conn = http.client.HTTPSConnection(self.address, self.port, timeout=1, context=context)
+        try:
+            conn.request("GET", "/v2/")
+            return conn.getresponse().status
+        except ssl.SSLCertVerificationError as exc:
+            message = f"{self.url} serves a certificate the test CA rejects: {exc}"
+            raise RegistryStartError(message) from None
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
     def _spawn(self) -> None:
         # distribution maps REGISTRY_* variables onto its config (REGISTRY_AUTH_FILE from
         # containers tooling would become `auth.file`), so the child never sees them.
@@ -178,7 +213,7 @@ class RegistryServer:
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 break
-            if _probe(self.port) in (200, 401):
+            if self._probe() in (200, 401):
                 logger.debug("registry ready at %s", self.url)
                 return
             time.sleep(0.02)
@@ -198,6 +233,11 @@ class RegistryServer:
             "secret": secrets.token_hex(16),
             "relativeurls": self.relative_urls,
         }
+        if self.tls is not None:
+            http_section["tls"] = {
+                "certificate": str(self.tls.certificate),
+                "key": str(self.tls.key),
+            }
         config: dict[str, object] = {
             "version": "0.1",
             "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -222,17 +262,6 @@ class RegistryServer:
                 }
             }
         return config
-
-
-def _probe(port: int) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/v2/")
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 # --- plumbing shared by the token server and the fault proxy

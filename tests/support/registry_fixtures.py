@@ -8,7 +8,8 @@ resets the token server's lifetime and request log, and fault proxies live for o
 Fixtures: ``registry`` (no auth), ``basic_registry``, ``token_server``, ``token_registry``,
 ``repo_name``, ``make_fault_proxy``, ``fault_proxy`` (in front of ``registry``),
 ``tiny_oci_image`` (an OCI layout with one small gzip layer, for skopeo/umoci/ociforge),
-``skopeo_env`` with the ``skopeo()`` helper (an independent client for cross-checks).
+``skopeo_env`` with the ``skopeo()`` helper (an independent client for cross-checks),
+``tls_registry`` (https on 127.0.0.2, with its throw-away CA).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy, LocationMode
 from tests.support.registry import RegistryServer
+from tests.support.tls import make_tls_files
 from tests.support.tokenserver import JOB_TOKEN_USER, TokenServer
 
 _unique = itertools.count(1)
@@ -239,3 +241,15 @@ def _digest(data: bytes) -> str:
 
 def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
     return {"mediaType": media_type, "digest": _digest(data), "size": len(data)}
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """An anonymous registry serving https on 127.0.0.2 with a certificate from a throw-away
+    CA (``tls_registry.tls``: its PEM files and a skopeo cert dir). 127.0.0.2 is loopback but
+    not "localhost", so clients such as ociforge default to https for it, as for GitLab."""
+    workdir = tmp_path_factory.mktemp("registry-tls")
+    address = "127.0.0.2"
+    files = make_tls_files(workdir / "tls", ip_addresses=(address,))
+    with RegistryServer(workdir, tls=files, address=address) as server:
+        yield server

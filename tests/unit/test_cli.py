@@ -52,6 +52,9 @@ def test_bad_sizes(text: str) -> None:
         (["push", "x", "localhost:5000/a:b", "--username", "u"], "--password-stdin"),
         (["push", "x", "localhost:5000/a:b", "--jobs", "0"], "--jobs"),
         (["push", "x", "localhost:5000/a:b", "--chunk-size", "huge"], "--chunk-size"),
+        # Exit 2, not nix's 3: the CA bundle is checked before nix evaluates "x".
+        (["push", "x", "localhost:5000/a:b", "--ca-file", "/nonexistent.pem"], "CA bundle"),
+        (["push", "--dry-run", "x", "localhost:5000/a:b", "--ca-file", "/none.pem"], "CA bundle"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_2(args: list[str], needle: str) -> None:

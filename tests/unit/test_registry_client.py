@@ -100,6 +100,19 @@ def test_untrusted_certificate_is_not_retried() -> None:
     assert (len(seen), sleeps) == (1, [])
 
 
+def test_tls_to_a_plain_http_port_says_to_use_insecure() -> None:
+    sleeps = Sleeps()
+    error = "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"
+    handler, _ = answers(httpx.ConnectError(error))
+    with make_client(handler, sleeps) as client, pytest.raises(RegistryError) as caught:
+        client.ping()
+    assert str(caught.value).endswith(
+        "the registry does not speak TLS on this port: use --insecure for plain http "
+        "(wrong version number)"
+    )
+    assert not caught.value.temporary
+
+
 # -- retries -----------------------------------------------------------------------------------
 
 
