@@ -47,13 +47,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Summary:
-    """One command over its runs: median wall and CPU time, and the largest peak RSS seen."""
+    """One command over its runs: median wall and CPU time, the largest peak RSS seen, and
+    every run's wall time and peak RSS (to spot a run disturbed by something else)."""
 
     wall_s: float
     cpu_s: float
     max_rss_kib: int
     runs: int
     wall_samples: tuple[float, ...]
+    rss_samples_kib: tuple[int, ...] = ()
 
     @staticmethod
     def of(samples: Sequence[Sample]) -> Summary:
@@ -65,6 +67,7 @@ class Summary:
             max_rss_kib=max(s.max_rss_kib for s in samples),
             runs=len(samples),
             wall_samples=tuple(s.wall_s for s in samples),
+            rss_samples_kib=tuple(s.max_rss_kib for s in samples),
         )
 
 

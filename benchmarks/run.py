@@ -12,6 +12,7 @@ benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -45,6 +46,9 @@ class FigureResult:
     ours: Summary
     reference: Summary | None
     image_bytes: int | None
+    target_s: float | None = None
+    cold_figure: str | None = None
+    blobs: str | None = None  # push figures: what the measured runs did with the blobs
 
     @property
     def ratio(self) -> float | None:
@@ -53,19 +57,46 @@ class FigureResult:
 
 
 def image_bytes(sample: Sample) -> int | None:
-    """The sum of the layer sizes from ``ociforge build --json`` (None if it did not say)."""
+    """The sum of the layer sizes from ``ociforge build --json`` or ``ociforge push --json``
+    (None if it did not say)."""
     try:
-        layers = json.loads(sample.stdout)["layers"]
+        summary = json.loads(sample.stdout)
+        if "blobs" in summary:  # push: the config blob is listed too
+            layers = [b for b in summary["blobs"] if ".layer." in b["mediaType"]]
+        else:
+            layers = summary["layers"]
         return sum(int(layer["size"]) for layer in layers)
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def measure(figure: Figure, runs: int, scratch: Path) -> FigureResult:
+def blob_outcomes(samples: Sequence[Sample]) -> str | None:
+    """``ociforge push --json``'s blob outcomes, counted: "17 uploaded", "1 uploaded, 16 skipped"
+    (None for other commands); runs that differ are separated by "/". Shows that every cold
+    run was cold and every warm one warm."""
+    seen: list[str] = []
+    for sample in samples:
+        try:
+            outcomes = [str(b["outcome"]) for b in json.loads(sample.stdout)["blobs"]]
+        except (ValueError, KeyError, TypeError):
+            return None
+        counts = collections.Counter(outcomes)
+        text = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        if text not in seen:
+            seen.append(text)
+    return " / ".join(seen) or None
+
+
+def measure(figure: Figure, runs: int, scratch: Path, *, warmup: bool = True) -> FigureResult:
     commands: list[Command] = [figure.ours] + ([figure.reference] if figure.reference else [])
-    log.info("%s on %s: warm-up", figure.name, figure.closure.label)
-    for command in commands:
+    if figure.setup:
+        log.info("%s on %s: setup", figure.name, figure.closure.label)
+    for command in figure.setup:
         run_measured(command, scratch)
+    if warmup:
+        log.info("%s on %s: warm-up", figure.name, figure.closure.label)
+        for command in commands:
+            run_measured(command, scratch)
     samples: dict[str, list[Sample]] = {c.label: [] for c in commands}
     for i in range(runs):
         for command in commands:
@@ -87,6 +118,9 @@ def measure(figure: Figure, runs: int, scratch: Path) -> FigureResult:
         Summary.of(ours),
         Summary.of(reference) if reference else None,
         image_bytes(ours[-1]),
+        figure.target_s,
+        figure.cold_figure,
+        blob_outcomes(ours),
     )
 
 
@@ -97,6 +131,11 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _code(text: str) -> str:
+    """A code span in a table cell: its pipes escaped, or they would split the cell."""
+    return "`" + text.replace("|", "\\|") + "`"
 
 
 def _mib(summary: Summary | None) -> str:
@@ -128,7 +167,7 @@ def results_table(results: Sequence[FigureResult]) -> str:
                 _mib(r.ours),
                 _mib(ref),
                 _fmt(compression),
-                f"`{r.reference_text}`",
+                _code(r.reference_text),
             ]
         )
     return _table(RESULT_COLUMNS, rows)
@@ -173,14 +212,49 @@ def _fit_line(results: Sequence[FigureResult]) -> str:
     return text + "."
 
 
-def report(results: Sequence[FigureResult], runs: int, jobs: int) -> str:
+PUSH_COLUMNS = (
+    "figure", "ociforge s", "reference s", "ratio", "target s", "cold push s", "ociforge/cold",
+    "blobs", "ociforge peak RSS MiB", "reference",
+)  # fmt: skip
+
+
+def push_table(results: Sequence[FigureResult]) -> str:
+    """Every push figure; warm ones next to their target and the cold push of this same run."""
+    by_name = {(r.name, r.closure): r for r in results}
+    rows = []
+    for r in results:
+        if r.blobs is None:
+            continue
+        cold = by_name.get((r.cold_figure, r.closure)) if r.cold_figure else None
+        rows.append(
+            [
+                r.name,
+                _fmt(r.ours.wall_s),
+                _fmt(r.reference.wall_s if r.reference else None),
+                _fmt(r.ratio),
+                _fmt(r.target_s),
+                _fmt(cold.ours.wall_s if cold else None),
+                _fmt(r.ours.wall_s / cold.ours.wall_s if cold else None, 3),
+                r.blobs,
+                _mib(r.ours),
+                _code(r.reference_text),
+            ]
+        )
+    return _table(PUSH_COLUMNS, rows) if rows else ""
+
+
+def report(results: Sequence[FigureResult], runs: int, jobs: int, *, warmup: bool = True) -> str:
+    first = "after one warm-up run (warm page cache)" if warmup else "without a warm-up run"
     parts = [
         f"Machine: {jobs} cores, {platform.machine()}, Python {platform.python_version()}; "
-        f"{runs} measured run(s) per command after one warm-up run (warm page cache). "
+        f"{runs} measured run(s) per command {first}. "
         "Times are medians; ratio = ociforge / reference wall time; peak RSS is the largest seen.",
         "",
         results_table(results),
     ]
+    pushes = push_table(results)
+    if pushes:
+        parts += ["", "Pushes to docker-registry on loopback:", "", pushes]
     linearity = linearity_table(results)
     if linearity:
         parts += ["", "Linearity (realistic closure, gzip -1):", "", linearity]
@@ -202,16 +276,30 @@ def to_json(results: Sequence[FigureResult], runs: int, jobs: int) -> dict[str, 
     }
 
 
-def run(sets: Sequence[str], scale: float, runs: int, workdir: Path) -> list[FigureResult]:
+@dataclass(frozen=True)
+class Session:
+    results: list[FigureResult]
+    failures: list[str]  # "figure on closure: error" for every figure that could not be measured
+
+
+def run(
+    sets: Sequence[str], scale: float, runs: int, workdir: Path, *, warmup: bool = True
+) -> Session:
+    """Measure every figure of ``sets``; a figure whose command fails is logged and skipped, so
+    one broken command does not throw away the figures measured before it."""
     ctx = BenchContext(workdir=workdir, scale=scale)
     scratch = workdir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    results: list[FigureResult] = []
+    session = Session([], [])
     with ExitStack() as stack:
         figures = [f for name in sets for f in FIGURE_SETS[name](ctx, stack)]
         for figure in figures:
-            results.append(measure(figure, runs, scratch))
-    return results
+            try:
+                session.results.append(measure(figure, runs, scratch, warmup=warmup))
+            except MeasureError as exc:
+                log.error("%s on %s failed: %s", figure.name, figure.closure.label, exc)
+                session.failures.append(f"{figure.name} on {figure.closure.label}: {exc}")
+    return session
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -225,6 +313,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sets", default=",".join(FIGURE_SETS), help=f"comma-separated: {', '.join(FIGURE_SETS)}"
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="no unrecorded first run (cold page cache: for smoke runs, not for figures)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument(
@@ -248,17 +342,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ociforge-bench-"))
     jobs = os.cpu_count() or 1
     try:
-        results = run(args.sets.split(","), scale, args.runs, workdir)
+        session = run(args.sets.split(","), scale, args.runs, workdir, warmup=args.warmup)
     except (MeasureError, GenerationError) as exc:
         print(f"benchmarks.run: error: {exc}", file=sys.stderr)
         return 1
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(report(results, args.runs, jobs), end="")
+    results = session.results
+    print(report(results, args.runs, jobs, warmup=args.warmup), end="")
     if args.json:
-        args.json.write_text(json.dumps(to_json(results, args.runs, jobs), indent=2) + "\n")
-    return 0
+        summary = to_json(results, args.runs, jobs) | {"failures": session.failures}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    for failure in session.failures:
+        print(f"benchmarks.run: error: {failure}", file=sys.stderr)
+    return 1 if session.failures else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The benchmark closure generator, at 1/200 scale: real store paths with the promised shape."""
+"""The benchmark closure generator, at 1/200 scale: real store paths with the promised shape;
+and a smoke run of the push figures at that scale."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import zlib
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.closure_gen import GeneratedClosure, generate, nix_expression, requisites
+from benchmarks.run import report, run
 from benchmarks.shapes import plan_closure
 
 pytestmark = pytest.mark.integration
@@ -104,3 +107,26 @@ def test_tiny_files_closure() -> None:
     assert len(data) == 1000
     assert all(10 <= f.stat().st_size <= 500 for f in data)
     assert requisites(closure.root) == sorted(closure.paths)
+
+
+def test_push_figures_report_cold_and_warm_pushes(tmp_path: Path) -> None:
+    """The push set at 1/200 scale, one run: every row is in the report, cold runs upload
+    every blob, warm runs none, and the registries' storage is gone afterwards."""
+    session = run(["push"], SCALE, 1, tmp_path, warmup=False)
+    assert session.failures == []
+    results = session.results
+    text = report(results, 1, 2, warmup=False)
+    pushes = text.split("Pushes to docker-registry on loopback:")[1]
+    by_name = {r.name: r for r in results}
+    for name in ("push gzip-1", "push zstd-3", "push gzip-1 vs build+skopeo"):
+        assert f"| {name} |" in pushes
+        assert re.fullmatch(r"\d+ uploaded", str(by_name[name].blobs)), by_name[name].blobs
+    for name, target in (("local cache", "0.50"), ("fresh runner", "1.00")):
+        warm = by_name[f"warm push gzip-1, {name}"]
+        assert re.fullmatch(r"\d+ skipped", str(warm.blobs)), warm.blobs
+        row = pushes.split(f"| warm push gzip-1, {name} |")[1].splitlines()[0]
+        cold_s = f"{by_name['push gzip-1'].ours.wall_s:.2f}"
+        assert f"| {target} | {cold_s} |" in row
+    assert "| start-up: ociforge --help |" in text.split("Pushes to")[0]
+    assert all(r.ours.max_rss_kib > 1024 for r in results)
+    assert not any(p.name.startswith("registry-") for p in tmp_path.iterdir())
