@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ociforge.image import RuntimeConfig
     from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
     from ociforge.nix import Closure, StorePathInfo, read_closure
-    from ociforge.push import PushedBlob, PushPreview, PushResult, RegistryOptions
+    from ociforge.pushing import PushedBlob, PushPreview, PushResult, RegistryOptions
     from ociforge.reference import Reference, parse_reference
     from ociforge.registry import Credentials
     from ociforge.reuse import LayerPreview
@@ -80,12 +80,12 @@ _EXPORTS: dict[str, str] = {
     "NixError": "ociforge.errors",
     "OciforgeError": "ociforge.errors",
     "ProgressCallback": "ociforge.events",
-    "PushPreview": "ociforge.push",
-    "PushResult": "ociforge.push",
-    "PushedBlob": "ociforge.push",
+    "PushPreview": "ociforge.pushing",
+    "PushResult": "ociforge.pushing",
+    "PushedBlob": "ociforge.pushing",
     "Reference": "ociforge.reference",
     "RegistryError": "ociforge.errors",
-    "RegistryOptions": "ociforge.push",
+    "RegistryOptions": "ociforge.pushing",
     "RuntimeConfig": "ociforge.image",
     "STRATEGIES": "ociforge.layering",
     "StorePathInfo": "ociforge.nix",

@@ -29,7 +29,7 @@ from ociforge.outputs import (
     write_docker_archive,
     write_oci,
 )
-from ociforge.push import (
+from ociforge.pushing import (
     PushPreview,
     PushResult,
     RegistryOptions,

@@ -8,9 +8,10 @@ bytes are what gets hashed, written and pushed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ociforge.cache import KEY_ANNOTATION, layer_key
 from ociforge.compress import Compression, CompressionOptions
@@ -18,24 +19,24 @@ from ociforge.customise import ImageSource, customise
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.essentials import EssentialsOptions
-from ociforge.image import (
-    Descriptor,
+from ociforge.image.config import RuntimeConfig, build_config, platform_for_system
+from ociforge.image.media import (
     ImageFormat,
-    Manifest,
-    RuntimeConfig,
-    build_config,
-    canonical_json,
     config_media_type,
     layer_media_type,
     manifest_media_type,
-    platform_for_system,
 )
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
 from ociforge.tarstream import TarEntry, TarOptions
 
+if TYPE_CHECKING:  # pydantic models: imported where an image is serialised
+    from ociforge.image.models import Descriptor
+
 EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
+# Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
+FINGERPRINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,27 @@ class ImagePlan:
     runtime: RuntimeConfig  # the user's, with the source's variables, user and entrypoint
     default_path: str | None = None
     warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
+
+    def fingerprint(self, results: Sequence[LayerFacts]) -> str:
+        """``sha256:<hex>`` over everything :meth:`finish` reads, without building anything.
+
+        Equal fingerprints give equal manifests, so a push can recognise an image it pushed
+        before from its local cache, without loading the models that serialise it. Built from
+        ``repr`` of the options, so a field added to them later counts without a change here.
+        """
+        identity = repr(
+            (
+                FINGERPRINT_FORMAT,
+                self.options,
+                self.runtime,
+                self.default_path,
+                self.closure.system,
+                self.host_system,
+                [(layer.key, layer.comment, layer.media_type) for layer in self.layers],
+                [(str(r.diff_id), str(r.digest), r.size) for r in results],
+            )
+        )
+        return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
 
     def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -211,6 +233,8 @@ def _platform(plan: ImagePlan) -> tuple[str, str, str | None]:
 
 
 def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
+    from ociforge.image.models import Descriptor, Manifest, canonical_json  # noqa: PLC0415
+
     opts = plan.options
     arch, os_name, variant = _platform(plan)
     config = build_config(

@@ -10,7 +10,7 @@ this module's local cache (one small JSON file per key under the XDG cache dir, 
 atomically so concurrent ociforge processes are safe; unreadable or inconsistent entries are
 ignored and logged, never trusted), and the registry itself: every layer ociforge pushes in OCI
 format carries its key as the annotation :data:`KEY_ANNOTATION`, so the manifest previously
-pushed to a tag tells a fresh CI runner which layers already exist (see ``push.py``).
+pushed to a tag tells a fresh CI runner which layers already exist (see ``pushing.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 KEY_ANNOTATION = "dev.ociforge.layer.key"
 # Bump when anything that shapes layer bytes changes in ociforge itself (tar format, headers).
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: block-parallel gzip and multi-threaded zstd frames
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,15 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 class LayerCache:
-    """key -> :class:`KnownLayer`, one JSON file per key; missing or bad entries read as None."""
+    """key -> :class:`KnownLayer`, one JSON file per key; missing or bad entries read as None.
+
+    Also image fingerprint -> manifest digest (``ImagePlan.fingerprint``): what lets a warm
+    push see that a tag is current without serialising the config and manifest again.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory) / "layers-v1"
+        self.images = Path(directory) / "images-v1"
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key.removeprefix('sha256:')}.json"
@@ -120,22 +125,45 @@ class LayerCache:
             "size": layer.size,
             "media_type": layer.media_type,
         }
-        tmp: str | None = None
+        _write_json(self._path(key), entry)
+
+    def manifest_digest(self, fingerprint: str) -> Digest | None:
+        """The manifest digest an image of this fingerprint had, if recorded and readable."""
+        path = self.images / f"{fingerprint.removeprefix('sha256:')}.json"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry, f, sort_keys=True)
-            os.replace(tmp, self._path(key))
-        except OSError as exc:
-            log.warning("cannot write the layer cache in %s: %s", self.directory, exc.strerror)
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            data = json.loads(path.read_text())
+            if data["fingerprint"] != fingerprint:
+                raise ValueError("entry names another fingerprint")
+            return Digest.parse(data["manifest_digest"])
+        except OSError:
+            return None
+        except (ValueError, KeyError, TypeError, OciforgeError) as exc:
+            log.warning("ignoring corrupt image cache entry %s: %s", path, exc)
+            return None
+
+    def remember_manifest(self, fingerprint: str, digest: Digest) -> None:
+        entry = {"fingerprint": fingerprint, "manifest_digest": str(digest)}
+        _write_json(self.images / f"{fingerprint.removeprefix('sha256:')}.json", entry)
 
     def forget(self, key: str) -> None:
         with contextlib.suppress(OSError):
             self._path(key).unlink()
+
+
+def _write_json(path: Path, entry: Mapping[str, object]) -> None:
+    """Atomically (concurrent processes read whole entries or none); failure only warns."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the layer cache in %s: %s", path.parent, exc.strerror)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _positive_int(value: object) -> int:

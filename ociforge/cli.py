@@ -31,7 +31,7 @@ from ociforge.essentials import EssentialsOptions
 from ociforge.image import RuntimeConfig, parse_env_items
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
-from ociforge.push import PushPreview, PushResult, RegistryOptions
+from ociforge.pushing import PushPreview, PushResult, RegistryOptions
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions

@@ -10,13 +10,15 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ociforge.assemble import BuiltImage, ImagePlan
 from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobProgress, BlobStarted, ProgressCallback
-from ociforge.image import DockerArchiveWriter, OciLayout
 from ociforge.layer import LayerDigests
+
+if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
+    from ociforge.image import DockerArchiveWriter
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -64,6 +66,8 @@ def parse_target(text: str) -> Target:
 
 def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) -> BuiltImage:
     """Stream every layer into the layout's blob store, then config, manifest and tag."""
+    from ociforge.image.oci_layout import OciLayout  # noqa: PLC0415
+
     layout = OciLayout(target.directory)
     results: list[LayerDigests] = []
     for index, layer in enumerate(plan.layers):
@@ -95,7 +99,9 @@ def write_docker_archive(
 def _write_archive(
     plan: ImagePlan, target: DockerArchiveTarget, out: BinaryIO, on_event: ProgressCallback
 ) -> BuiltImage:
-    writer = DockerArchiveWriter(out)
+    from ociforge.image.docker_archive import DockerArchiveWriter  # noqa: PLC0415
+
+    writer: DockerArchiveWriter = DockerArchiveWriter(out)
     results: list[LayerDigests] = []
     for index, layer in enumerate(plan.layers):
         key = f"layer {index + 1}/{len(plan.layers)}"

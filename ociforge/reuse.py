@@ -15,7 +15,7 @@ from ociforge.assemble import ImagePlan
 from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
 from ociforge.digest import Digest
 from ociforge.errors import OciforgeError
-from ociforge.image import IMAGE_MANIFEST_TYPES, parse_image_config, parse_manifest
+from ociforge.image.media import IMAGE_MANIFEST_TYPES
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def _from_manifest(
     missing: set[str],
     scopes: Sequence[str],
 ) -> dict[str, KnownLayer]:
+    # pydantic: only a push that misses its local cache reads manifests and configs.
+    from ociforge.image.models import parse_image_config, parse_manifest  # noqa: PLC0415
+
     try:
         manifest = parse_manifest(data)
     except OciforgeError as exc:

@@ -133,3 +133,11 @@ def test_public_api_is_pinned() -> None:
     for name in ociforge.__all__:
         assert hasattr(ociforge, name), name
     assert set(ociforge._EXPORTS) == PUBLIC_API  # the lazy imports serve exactly __all__
+
+
+def test_no_public_name_is_also_a_module_name() -> None:
+    """Importing ``ociforge.X`` binds X on the package: it would hide a lazy name ``X``."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {
+        p.parent.name for p in PACKAGE.glob("*/__init__.py")
+    }
+    assert PUBLIC_API & modules == set()

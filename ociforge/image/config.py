@@ -10,10 +10,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.image.models import ContainerConfig, History, ImageConfig, RootFS
+
+if TYPE_CHECKING:  # imported where used: pydantic is only paid for when a config is built
+    from ociforge.image.models import ContainerConfig, ImageConfig
 
 EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
 CREATED_BY = "ociforge"
@@ -130,6 +133,8 @@ def _check_runtime(runtime: RuntimeConfig) -> None:
 
 
 def _container_config(runtime: RuntimeConfig, default_path: str | None) -> ContainerConfig:
+    from ociforge.image.models import ContainerConfig  # noqa: PLC0415  (see TYPE_CHECKING)
+
     env = dict(runtime.env)
     if "PATH" not in env and default_path is not None:
         env = {"PATH": default_path, **env}
@@ -170,6 +175,8 @@ def build_config(
         raise UsageError("the image platform needs an architecture and an os (--arch, --os)")
     _check_runtime(runtime)
     check_created(created)
+    from ociforge.image.models import History, ImageConfig, RootFS  # noqa: PLC0415
+
     comments = list(history_comments) or [f"layer {n + 1}" for n in range(len(diff_ids))]
     return ImageConfig(
         created=created,

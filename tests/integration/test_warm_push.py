@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_corrupt_cache_entries_are_ignored(
     app = closures[0]["app-1.0"]
     ref = f"{registry.host}/{repo_name}:latest"
     first = push(app, [ref], tmp_path / "cache")
-    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    entries = sorted((tmp_path / "cache" / "layers-v1").glob("*.json"))
     assert len(entries) == 4
     entries[0].write_text("{not json")
     data = json.loads(entries[1].read_text())
@@ -198,3 +199,44 @@ def check_with_skopeo(ref: str, tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+WARM_PUSH = """
+import sys
+sys.argv = ["ociforge", *sys.argv[1:]]
+from ociforge.__main__ import run
+try:
+    run()
+except SystemExit as exit:
+    print("exit", exit.code, "pydantic" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_a_warm_push_with_a_local_cache_builds_no_config_or_manifest(
+    closures: tuple[BuiltClosure, BuiltClosure], registry: RegistryServer, repo_name: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The tag is recognised from the image fingerprint in the cache: pydantic, a tenth of a
+    second of start-up, is never imported."""
+    app = closures[0]["app-1.0"]
+    ref = f"{registry.host}/{repo_name}:latest"
+    args = ["push", app, ref, "--cache-dir", str(tmp_path / "cache"), "--max-layers", "10"]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", WARM_PUSH, *args], capture_output=True, text=True, check=False
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].stderr.splitlines()[-1] == "exit 0 True", runs[0].stderr
+    assert "up to date" in runs[1].stderr
+    assert runs[1].stderr.splitlines()[-1] == "exit 0 False", runs[1].stderr
+    assert runs[1].stdout == runs[0].stdout  # the same DEST@digest line
+    # A memo that names another digest cannot make a push claim "up to date": it re-checks.
+    [memo] = (tmp_path / "cache" / "images-v1").glob("*.json")
+    entry = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**entry, "manifest_digest": "sha256:" + "0" * 64}))
+    third = subprocess.run(
+        [sys.executable, "-m", "ociforge", *args], capture_output=True, text=True, check=False
+    )
+    assert third.returncode == 0 and "up to date" not in third.stderr, third.stderr
+    assert third.stdout == runs[0].stdout

@@ -1,4 +1,7 @@
-"""The command's entry point keeps start-up lean: a warm push is mostly start-up."""
+"""The command's entry point keeps start-up lean: a warm push is mostly start-up.
+
+pydantic is loaded only when a manifest or config is read or built, which a warm push with a
+local cache does not need."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ try:
     run()
 except SystemExit:
     pass
-import httpx, pydantic
-loaded = [m for m in ("trio", "anyio", "rich", "pygments", "sqlite3") if sys.modules.get(m)]
+import ociforge.cli, ociforge.api
+unused = ("trio", "anyio", "rich", "pygments", "sqlite3", "pydantic")
+loaded = [m for m in unused if sys.modules.get(m)]
 print("loaded:", ",".join(loaded))
 """
 

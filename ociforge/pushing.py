@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ociforge.assemble import ImagePlan, LayerFacts
 from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, UsageError
 from ociforge.events import ProgressCallback, ignore_event
-from ociforge.image import Descriptor, OciLayout, parse_manifest
 from ociforge.layer import LayerStream
 from ociforge.reference import Reference
 from ociforge.registry import (
@@ -36,6 +36,9 @@ from ociforge.registry import (
     upload_bytes,
 )
 from ociforge.reuse import LayerPreview, known_layers, preview_layers
+
+if TYPE_CHECKING:
+    from ociforge.image import Descriptor, OciLayout
 
 _READ_SIZE = 1 << 20
 
@@ -125,12 +128,12 @@ def push_plan(
         current = _current_manifests(client, refs, scopes)
         known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
         if all(layer.key in known for layer in plan.layers):
-            built = plan.finish([known[layer.key] for layer in plan.layers])
-            if _all_tagged(refs, current, Digest.of(built.manifest)):
+            digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
+            if _all_tagged(refs, current, digest):
                 blobs = [_known_blob(known[layer.key], "skipped") for layer in plan.layers]
                 return PushResult(
                     _tagged(refs),
-                    str(Digest.of(built.manifest)),
+                    str(digest),
                     tuple(blobs),
                     time.monotonic() - started,
                     up_to_date=True,
@@ -139,6 +142,8 @@ def push_plan(
             client, plan, refs[0].repository, known, cache=cache, opts=opts
         )
         built = plan.finish(facts)
+        if cache is not None:
+            cache.remember_manifest(plan.fingerprint(facts), Digest.of(built.manifest))
         blobs = [_pushed(r, d.media_type) for r, d in zip(results, built.layers, strict=True)]
         blobs += _copy_to_other_repos(client, refs, built.layers, opts)
         manifest_digest = _tag_all(
@@ -172,8 +177,8 @@ def preview_push(
         known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
         up_to_date = False
         if all(layer.key in known for layer in plan.layers):
-            built = plan.finish([known[layer.key] for layer in plan.layers])
-            up_to_date = _all_tagged(refs, current, Digest.of(built.manifest))
+            digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
+            up_to_date = _all_tagged(refs, current, digest)
         repo = refs[0].repository
         rows = preview_layers(client, plan, repo, known, _mount_source(opts, repo))
     return PushPreview(_tagged(refs), tuple(rows), up_to_date)
@@ -272,6 +277,20 @@ def _mount_source(opts: RegistryOptions, repo: str) -> str | None:
     return None
 
 
+def _manifest_digest(
+    plan: ImagePlan, facts: Sequence[LayerFacts], cache: LayerCache | None
+) -> Digest:
+    """The digest of the manifest ``plan.finish(facts)`` gives, from the cache when it knows."""
+    fingerprint = plan.fingerprint(facts)
+    known = cache.manifest_digest(fingerprint) if cache is not None else None
+    if known is not None:
+        return known
+    digest = Digest.of(plan.finish(facts).manifest)
+    if cache is not None:
+        cache.remember_manifest(fingerprint, digest)
+    return digest
+
+
 def _all_tagged(
     refs: Sequence[Reference],
     current: Mapping[str, tuple[bytes, str, Digest] | None],
@@ -295,6 +314,8 @@ def push_layout(
     on_event: ProgressCallback = ignore_event,
 ) -> PushResult:
     """Push an image already built into an OCI layout, byte for byte."""
+    from ociforge.image import OciLayout, parse_manifest  # noqa: PLC0415  (pydantic, on demand)
+
     check_same_registry(refs)
     started = time.monotonic()
     layout = OciLayout(layout_dir, create=False)
