@@ -16,6 +16,11 @@ The bytes are what nixpkgs' ``stream_layered_image.py`` writes with Python's ``t
   ``hdrcharset=BINARY`` for names that are not valid UTF-8).
 - The end: two zero blocks, then zeros up to a multiple of the 10240-byte record.
 
+Speed (issue 5): the common entry, a small file or a directory whose name fits ustar, is
+written straight into the chunk buffer: header fields cached per mode and size, the checksum
+summed by adler32 in C, header and content packed by one ``struct`` call, the file opened
+relative to its directory's fd and read with one ``os.read``; chunks are 1 MiB.
+
 Nothing here calls nix or touches the network; every OSError becomes an ImageError naming the file.
 """
 
@@ -26,199 +31,68 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal
 
 from ociforge.errors import ImageError, UsageError
+from ociforge.tarheader import (
+    _BLOCK,
+    _DIR_FLAGS,
+    _DIRTYPE,
+    _ENCODING,
+    _FILE_FLAGS,
+    _MAX_OPEN_DIRS,
+    _OCTAL3,
+    _RECORD,
+    _REGTYPE,
+    _SYMTYPE,
+    _ZEROS,
+    TarEntry,
+    TarOptions,
+    _Fields,
+    _Headers,
+    _plain_name,
+    _Sized,
+)
 
 __all__ = ["TarEntry", "TarOptions", "entries_tar_chunks", "store_tar_chunks", "store_tar_size"]
 
-_BLOCK = 512
-_RECORD = 20 * _BLOCK
-_ZEROS = bytes(_RECORD + 2 * _BLOCK)
-_MAGIC = b"ustar\x0000"  # POSIX magic + version, what tarfile writes for PAX_FORMAT
-_MAX_ID = 8**7  # largest+1 value of an 8-byte octal field
-_MAX_SIZE = 8**11  # largest+1 value of a 12-byte octal field (8 GiB)
-_REGTYPE, _SYMTYPE, _DIRTYPE = b"0", b"2", b"5"
-_ENCODING = "utf-8"  # fixed, not the locale's: the bytes must not depend on the machine
 
+class _Dir:
+    """A directory being archived: its path, its entries sorted by name, whether all their
+    names (with a slash for directories) are plain, and its fd (None deep down the tree:
+    entries are then opened by full path, so the number of open fds stays bounded)."""
 
-@dataclass(frozen=True)
-class TarOptions:
-    """What every entry's metadata is forced to (nixpkgs' defaults)."""
+    __slots__ = ("entries", "fd", "path", "plain")
 
-    mtime: int = 1  # 1970-01-01T00:00:01Z like nixpkgs
-    uid: int = 0
-    gid: int = 0
-    uname: str = "root"
-    gname: str = "root"
-    relative_names: bool = False  # "nix/store/..." instead of "/nix/store/..."
-
-    def __post_init__(self) -> None:
-        for field in ("mtime", "uid", "gid"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UsageError(f"tar {field} must be an integer >= 0, got {value!r}")
-        for field in ("uname", "gname"):
-            _check_encodable(getattr(self, field), f"tar {field}")
-
-
-@dataclass(frozen=True)
-class TarEntry:
-    """A synthetic entry (``/bin`` symlinks, ``/etc/passwd``, ``/tmp`` ...).
-
-    ``mode`` is ignored for symlinks: they are written 0777, as Linux reports every symlink.
-    """
-
-    name: str  # absolute path in the image, e.g. "/bin"
-    kind: Literal["dir", "file", "symlink"]
-    mode: int = 0o755
-    data: bytes = b""
-    target: str = ""
-
-    def __post_init__(self) -> None:
-        name = self.name
-        if not name.startswith("/") or name.startswith("//") or os.path.normpath(name) != name:
-            raise UsageError(f"tar entry name must be a normalised absolute path: {name!r}")
-        if name == "/":
-            raise UsageError("tar entry name must not be '/' itself")
-        _check_encodable(name, "tar entry name")
-        if not isinstance(self.data, bytes):
-            raise UsageError(f"{name}: tar entry data must be bytes")
-        if self.kind not in ("dir", "file", "symlink"):
-            raise UsageError(f"{name}: tar entry kind must be dir, file or symlink: {self.kind!r}")
-        if not 0 <= self.mode <= 0o7777:
-            raise UsageError(f"{name}: tar entry mode must be within 0..0o7777: {self.mode:o}")
-        if self.data and self.kind != "file":
-            raise UsageError(f"{name}: only a file entry can carry data")
-        if (self.kind == "symlink") != bool(self.target):
-            raise UsageError(f"{name}: a symlink entry needs a target, and only a symlink has one")
-        _check_encodable(self.target, f"{name}: symlink target")
-
-
-def _check_encodable(text: str, what: str) -> None:
-    if not isinstance(text, str):
-        raise UsageError(f"{what} must be a string, got {text!r}")
-    try:
-        text.encode(_ENCODING, "surrogateescape")
-    except UnicodeEncodeError:
-        raise UsageError(f"{what} cannot be encoded as file name bytes: {text!r}") from None
-
-
-def _field(text: str, length: int) -> tuple[bytes, bool]:
-    """Return (ustar field content, whether a PAX record is needed), as tarfile decides it."""
-    if text.isascii():
-        raw = text.encode("ascii")
-        return raw[:length], len(raw) > length
-    # tarfile writes the ASCII-replaced, truncated text in the ustar field and the truth in PAX.
-    return text.encode("ascii", "replace")[:length], True
-
-
-def _pax_record(key: str, value: str) -> tuple[bytes, bool]:
-    """One ``"<len> key=value\\n"`` record, and whether the value is not valid UTF-8."""
-    try:
-        raw, binary = value.encode("utf-8"), False
-    except UnicodeEncodeError:  # surrogate-escaped bytes of a name that is not UTF-8
-        raw, binary = value.encode(_ENCODING, "surrogateescape"), True
-    body = b" %s=%s\n" % (key.encode("ascii"), raw)
-    length = len(body)
-    while len(body) + len(str(length)) != length:  # the length counts its own digits
-        length = len(body) + len(str(length))
-    return b"%d%s" % (length, body), binary
-
-
-def _chksum_field(adler: int) -> bytes:
-    # Every byte of our header blocks is ASCII (non-ASCII text is '?'-replaced in ustar fields,
-    # as tarfile does), so a block's byte sum is at most 512 * 127 = 65024 < 65521: adler32's
-    # low half is then exactly 1 + that sum, computed in C instead of a Python loop.
-    return b"%06o\0 " % ((adler & 0xFFFF) - 1)
-
-
-class _Headers:
-    """Builds header blocks for one set of options; the constant parts are computed once."""
-
-    def __init__(self, options: TarOptions) -> None:
-        self.relative = options.relative_names
-        uname, uname_pax = _field(options.uname, 32)
-        gname, gname_pax = _field(options.gname, 32)
-        # PAX keys in tarfile's order: path, linkpath, uname, gname, uid, gid, size, mtime.
-        self._pax_ids: list[tuple[str, str]] = []
-        if uname_pax:
-            self._pax_ids.append(("uname", options.uname))
-        if gname_pax:
-            self._pax_ids.append(("gname", options.gname))
-        ids = b""
-        for key, value in (("uid", options.uid), ("gid", options.gid)):
-            if value >= _MAX_ID:  # tarfile: 0 in the ustar field, the truth in PAX
-                self._pax_ids.append((key, str(value)))
-            ids += b"%07o\0" % (value if value < _MAX_ID else 0)
-        self._ids = ids
-        self._pax_mtime = [("mtime", str(options.mtime))] if options.mtime >= _MAX_SIZE else []
-        self._mtime = b"%011o\0" % (options.mtime if options.mtime < _MAX_SIZE else 0)
-        self._tail = _MAGIC + uname.ljust(32, b"\0") + gname.ljust(32, b"\0") + bytes(16 + 167)
-        # adler32 state whose low half is 1 + the byte sum of the constant fields and the
-        # checksum field read as eight spaces.
-        self._adler = zlib.adler32(ids + self._mtime + b" " * 8 + self._tail)
-        self._modes: dict[int, bytes] = {}
-        # The PAX header block itself: tarfile leaves every field but name/size/type at zero.
-        self._pax_head = b"././@PaxHeader".ljust(100, b"\0") + b"0000000\0" * 3
-        self._pax_mtime_f = b"00000000000\0"
-        self._pax_rest = (b"x" + bytes(100) + _MAGIC).ljust(_BLOCK - 156, b"\0")
-        self._pax_adler = zlib.adler32(
-            self._pax_head + self._pax_mtime_f + b" " * 8 + self._pax_rest
-        )
-
-    def name(self, path: str) -> str:
-        return path[1:] if self.relative else path
-
-    def entry(self, name: str, mode: int, typeflag: bytes, size: int, link: str = "") -> bytes:
-        """The header block(s) of one entry: an optional PAX header, then the ustar block."""
-        name_f, name_pax = _field(name, 100)
-        link_f, link_pax = _field(link, 100) if link else (b"", False)
-        size_f = b"%011o\0" % size if size < _MAX_SIZE else b"00000000000\0"
-        mode_f = self._modes.get(mode)
-        if mode_f is None:
-            mode_f = self._modes[mode] = b"%07o\0" % mode
-        name_f = name_f.ljust(100, b"\0")
-        link_f = link_f.ljust(100, b"\0")
-        adler = zlib.adler32(link_f, zlib.adler32(size_f, zlib.adler32(name_f, self._adler)))
-        adler = zlib.adler32(typeflag, zlib.adler32(mode_f, adler))
-        chksum = _chksum_field(adler)
-        parts = (name_f, mode_f, self._ids, size_f, self._mtime, chksum, typeflag, link_f)
-        ustar = b"".join(parts) + self._tail
-        if not (name_pax or link_pax or self._pax_ids or self._pax_mtime or size >= _MAX_SIZE):
-            return ustar
-        pax = [("path", name)] if name_pax else []
-        if link_pax:
-            pax.append(("linkpath", link))
-        pax += self._pax_ids
-        if size >= _MAX_SIZE:
-            pax.append(("size", str(size)))
-        return self._pax_block(pax + self._pax_mtime) + ustar
-
-    def _pax_block(self, items: list[tuple[str, str]]) -> bytes:
-        records = [_pax_record(key, value) for key, value in items]
-        data = b"".join(record for record, _ in records)
-        if any(binary for _, binary in records):
-            # Values that are not UTF-8 are stored as raw bytes, and flagged (tarfile does).
-            data = b"21 hdrcharset=BINARY\n" + data
-        size_f = b"%011o\0" % len(data)
-        chksum = _chksum_field(zlib.adler32(size_f, self._pax_adler))
-        head = (self._pax_head, size_f, self._pax_mtime_f, chksum, self._pax_rest)
-        return b"".join(head) + data + _ZEROS[: -len(data) % _BLOCK]
+    def __init__(self, fd: int | None, path: bytes, entries: list[os.DirEntry[bytes]], cut: int):
+        names = [entry.name for entry in entries]
+        ascii_names = b"".join(names).isascii()
+        if not ascii_names:  # sort as tarfile does: by name as text, not as bytes
+            entries.sort(key=lambda entry: _decode(entry.name))
+        longest = max(map(len, names), default=0)
+        self.fd = fd
+        self.path = path
+        self.entries = iter(entries)
+        self.plain = ascii_names and path.isascii() and len(path) - cut + longest + 2 <= 100
 
 
 class _Chunker:
-    """Coalesces tar bytes into chunks of exactly ``size`` bytes (the last one shorter)."""
+    """Coalesces tar bytes into chunks of exactly ``size`` bytes (the last one shorter).
 
-    def __init__(self, size: int) -> None:
+    The common entries go straight into the chunk buffer (:meth:`add_file`, :meth:`add_dir`):
+    no generator, no yield. Anything else goes through :meth:`put` / :meth:`put_file`, which
+    cut chunks where they fall.
+    """
+
+    def __init__(self, size: int, headers: _Headers) -> None:
         self._size = size
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
-        self._spare = bytearray(1)  # catches a file that grew since lstat
+        self._spare = bytearray(1)  # catches a file that grew since fstat
         self._pos = 0
         self.total = 0
+        self._headers = headers
+        self._cut = 1 if headers.relative else 0
 
     def put(self, data: bytes) -> Iterator[bytes]:
         pos = self._pos
@@ -238,53 +112,76 @@ class _Chunker:
                 yield bytes(self._buf)
                 self._pos = 0
 
-    def add_entry(self, header: bytes, path: str, size: int) -> bool:
-        """Add a whole entry if it fits before the chunk boundary (the hot path: no generator).
+    def _pack(self, name: bytes, fields: _Fields, sized: _Sized, content: bytes) -> None:
+        mode_ids, type_tail, adler = fields
+        size_mtime, size_sum, packer = sized
+        chksum = (zlib.adler32(name, adler) & 0xFFFF) + size_sum
+        high, low = _OCTAL3[chksum >> 9], _OCTAL3[chksum & 0o777]
+        packer.pack_into(
+            self._buf, self._pos, name, mode_ids, size_mtime, high, low, type_tail, content
+        )
+        self._pos += packer.size
+        self.total += packer.size
 
-        Returns False, having done nothing, when it does not fit: use put/put_file then.
-        """
-        pos = self._pos
-        data = pos + len(header)
-        end = data + size + -size % _BLOCK
-        if end >= self._size:
+    def add_dir(self, name: bytes, st_mode: int) -> bool:
+        """Write a directory's plain header in place if its name fits ustar and the block ends
+        before the chunk boundary; False, having written nothing, otherwise."""
+        headers = self._headers
+        fields = headers.dir_fields.get(st_mode) or headers.fast_fields(st_mode, _DIRTYPE)
+        sized = headers.sizes.get(0) or headers.size_fields(0)
+        if fields is None or sized is None or self._pos + _BLOCK >= self._size:
             return False
-        self._buf[pos:data] = header
-        if size:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                got = 0
-                while got < size:
-                    n = os.readv(fd, [self._view[data + got : data + size], self._spare])
-                    if n == 0 or got + n > size:
-                        raise _changed_size(path, size)
-                    got += n
-            finally:
-                os.close(fd)
-            self._buf[data + size : end] = _ZEROS[: -size % _BLOCK]
-        self._pos = end
-        self.total += end - pos
+        if not _plain_name(name):
+            return False
+        self._pack(name, fields, sized, b"")
         return True
 
-    def put_file(self, path: str, size: int) -> Iterator[bytes]:
-        """Copy exactly ``size`` bytes of ``path`` straight into the chunk buffer."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def add_file(self, level: _Dir, entry: os.DirEntry[bytes]) -> _Opened | None:
+        """Archive a regular file of a directory listing in one go, if its name fits ustar and
+        its header and content end before the chunk boundary (the hot path).
+
+        The size written is what fstat says of the open file, and exactly that many bytes must
+        be read. Returns None when done, else the open file and its stat for the generic path.
+        """
+        dfd = level.fd
+        fd = os.open(entry.path if dfd is None else entry.name, _FILE_FLAGS, dir_fd=dfd)
         try:
-            remaining = size
-            while remaining:
-                pos = self._pos
-                space = min(remaining, self._size - pos)
-                target = self._view[pos : pos + space]
-                # On the last piece a spare byte detects growth without an extra read call.
-                n = os.readv(fd, [target, self._spare] if space == remaining else [target])
-                if n == 0 or n > space:
-                    raise _changed_size(path, size)
-                self._pos = pos + n
-                remaining -= n
-                if self._pos == self._size:
-                    yield bytes(self._buf)
-                    self._pos = 0
-        finally:
+            st = os.fstat(fd)
+            mode, size = st.st_mode, st.st_size
+            headers = self._headers
+            fields = headers.file_fields.get(mode) or headers.fast_fields(mode, _REGTYPE)
+            sized = headers.sizes.get(size) or headers.size_fields(size)
+            name = entry.path[self._cut :] if self._cut else entry.path
+            if fields is None or sized is None or self._pos + sized[2].size >= self._size:
+                return fd, st
+            if not (level.plain or _plain_name(name)):
+                return fd, st
+            content = os.read(fd, size + 1)  # one byte more than expected: detects growth
+            if len(content) != size:
+                content = _read_rest(fd, content, size)
+            self._pack(name, fields, sized, content)
+        except BaseException:
             os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def put_file(self, fd: int, size: int) -> Iterator[bytes]:
+        """Copy exactly ``size`` bytes of the open file straight into the chunk buffer."""
+        remaining = size
+        while remaining:
+            pos = self._pos
+            space = min(remaining, self._size - pos)
+            target = self._view[pos : pos + space]
+            # On the last piece a spare byte detects growth without an extra read call.
+            n = os.readv(fd, [target, self._spare] if space == remaining else [target])
+            if n == 0 or n > space:
+                raise _size_changed(size)
+            self._pos = pos + n
+            remaining -= n
+            if self._pos == self._size:
+                yield bytes(self._buf)
+                self._pos = 0
         self.total += size
         yield from self.put(_ZEROS[: -size % _BLOCK])
 
@@ -296,70 +193,175 @@ class _Chunker:
             self._pos = 0
 
 
-def _changed_size(path: str, size: int) -> ImageError:
-    return ImageError(
-        f"{path}: file changed size while being archived (expected {size} bytes);"
-        " store paths are immutable, so something is modifying the store"
-    )
+_Opened = tuple[int, os.stat_result]
 
 
-def _children(directory: str) -> Iterator[tuple[str, os.stat_result]]:
-    with os.scandir(directory) as it:
-        entries = sorted(it, key=_by_name)
-    # lstat lazily, right before the entry is written: the size we copy is the size we saw last.
-    return ((entry.path, entry.stat(follow_symlinks=False)) for entry in entries)
+class _Changed(Exception):
+    """A file changed under us; turned into an ImageError once the caller knows its path."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _size_changed(size: int) -> _Changed:
+    return _Changed(f"file changed size while being archived (expected {size} bytes)")
+
+
+def _read_rest(fd: int, content: bytes, size: int) -> bytes:
+    """Finish a short read (rare: a regular file normally returns all of it at once)."""
+    parts = [content]
+    got = len(content)
+    while got < size:
+        more = os.read(fd, size + 1 - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    if got != size:
+        raise _size_changed(size)
+    return b"".join(parts)
+
+
+def _entry_error(exc: OSError | _Changed, path: str) -> ImageError:
+    if isinstance(exc, _Changed):
+        return ImageError(
+            f"{path}: {exc.detail}; store paths are immutable, so something is modifying the store"
+        )
+    return ImageError(f"cannot archive {path}: {exc.strerror or exc}")
+
+
+def _image_error(exc: OSError) -> ImageError:
+    where = exc.filename if exc.filename is not None else "store path"
+    return _entry_error(exc, os.fsdecode(where))
+
+
+def _decode(name: bytes) -> str:
+    return name.decode(_ENCODING, "surrogateescape")
 
 
 _by_name = attrgetter("name")
-
-
-def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
-    """``root`` and everything under it, pre-order with siblings sorted by name.
-
-    That is exactly the order of sorting all paths by their tuple of components. An explicit stack
-    instead of recursion: no recursion limit, no per-level generator overhead.
-    """
-    st = os.lstat(root)
-    yield root, st
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    stack = [_children(root)]
-    while stack:
-        for path, st in stack[-1]:
-            yield path, st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(_children(path))
-                break
-        else:
-            stack.pop()
-
-
 _SPECIAL = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo"}
 
 
-def _store_items(
-    paths: Sequence[str], store_dir: str, headers: _Headers
-) -> Iterator[tuple[bytes, str, int]]:
-    """(header blocks, file to copy or "", its size) for every entry of a store layer."""
-    prefix = ""
-    for component in store_dir.strip("/").split("/"):
-        prefix += "/" + component
-        yield headers.entry(headers.name(prefix) + "/", 0o755, _DIRTYPE, 0), "", 0
-    for root in paths:
-        for path, st in _walk(root):
-            mode = st.st_mode
-            name = headers.name(path)
-            if stat.S_ISREG(mode):  # hard links included: full content, every time
-                size = st.st_size
-                yield headers.entry(name, mode & 0o7777, _REGTYPE, size), path, size
-            elif stat.S_ISDIR(mode):
-                yield headers.entry(name + "/", mode & 0o7777, _DIRTYPE, 0), "", 0
-            elif stat.S_ISLNK(mode):
-                link = os.readlink(path)
-                yield headers.entry(name, mode & 0o7777, _SYMTYPE, 0, link), "", 0
+def _open_dir(
+    parent: _Dir | None, path: bytes, name: bytes, depth: int, cut: int
+) -> tuple[_Dir, os.stat_result]:
+    """Open and list a directory (``name``: relative to the parent's fd, if it has one).
+
+    While its entries are archived its fd stays open: they are opened relative to it, one path
+    component for the kernel to resolve instead of the whole path.
+    """
+    dfd = None if parent is None else parent.fd
+    fd = os.open(name if dfd is not None else path, _DIR_FLAGS, dir_fd=dfd)
+    keep = depth < _MAX_OPEN_DIRS
+    try:
+        st = os.fstat(fd)
+        with os.scandir(path) as it:  # by path, so entries carry their full path as bytes
+            level = _Dir(fd if keep else None, path, sorted(it, key=_by_name), cut)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not keep:
+        os.close(fd)
+    return level, st
+
+
+def _dir_header(out: _Chunker, headers: _Headers, name: bytes, st: os.stat_result) -> bytes:
+    """The header of a directory the fast path could not take (b"" when it did)."""
+    if out.add_dir(name, st.st_mode):
+        return b""
+    return headers.entry(_decode(name), st.st_mode & 0o7777, _DIRTYPE, 0)
+
+
+def _other_header(headers: _Headers, path: bytes, name: bytes, st: os.stat_result) -> bytes:
+    """The header of a symlink; anything else but a file or directory is an error."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        link = _decode(os.readlink(path))
+        return headers.entry(_decode(name), mode & 0o7777, _SYMTYPE, 0, link)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # not what the directory listing said
+        raise _Changed("changed type while being archived")
+    kind = _SPECIAL.get(stat.S_IFMT(mode), "socket or other special file")
+    raise ImageError(f"{os.fsdecode(path)}: is a {kind}; a Nix store layer cannot contain one")
+
+
+def _file_chunks(out: _Chunker, headers: _Headers, opened: _Opened, name: bytes) -> Iterator[bytes]:
+    """A regular file the fast path did not take: a long name, or a chunk boundary inside."""
+    fd, st = opened
+    try:
+        if not stat.S_ISREG(st.st_mode):  # not what the directory listing said
+            raise _Changed("changed type while being archived")
+        size = st.st_size  # hard links included: full content, every time
+        yield from out.put(headers.entry(_decode(name), st.st_mode & 0o7777, _REGTYPE, size))
+        yield from out.put_file(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _tree_chunks(out: _Chunker, headers: _Headers, root: bytes) -> Iterator[bytes]:
+    """``root`` (a directory) and everything under it, pre-order with siblings sorted by name.
+
+    That is exactly the order of sorting all paths by their tuple of components. An explicit
+    stack instead of recursion: no recursion limit, no per-level generator overhead.
+    """
+    cut = 1 if headers.relative else 0
+    stack: list[_Dir] = []
+    entry: os.DirEntry[bytes] | None = None
+    try:
+        level, st = _open_dir(None, root, root, 0, cut)
+        stack.append(level)
+        yield from out.put(_dir_header(out, headers, root[cut:] + b"/", st))
+        while stack:
+            level = stack[-1]
+            for entry in level.entries:
+                if entry.is_file(follow_symlinks=False):
+                    opened = out.add_file(level, entry)
+                    if opened is not None:
+                        yield from _file_chunks(out, headers, opened, entry.path[cut:])
+                elif entry.is_dir(follow_symlinks=False):
+                    path = entry.path
+                    child, st = _open_dir(level, path, entry.name, len(stack), cut)
+                    stack.append(child)
+                    yield from out.put(_dir_header(out, headers, path[cut:] + b"/", st))
+                    break
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    yield from out.put(_other_header(headers, entry.path, entry.path[cut:], st))
             else:
-                kind = _SPECIAL.get(stat.S_IFMT(mode), "socket or other special file")
-                raise ImageError(f"{path}: is a {kind}; a Nix store layer cannot contain one")
+                stack.pop()
+                if level.fd is not None:
+                    os.close(level.fd)
+            entry = None
+    except (OSError, _Changed) as exc:
+        where = root if entry is None else entry.path
+        raise _entry_error(exc, os.fsdecode(where)) from exc
+    finally:
+        for level in stack:
+            if level.fd is not None:
+                os.close(level.fd)
+
+
+def _root_chunks(out: _Chunker, headers: _Headers, root: str) -> Iterator[bytes]:
+    path = os.fsencode(root)
+    name = path[1:] if headers.relative else path
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        yield from _tree_chunks(out, headers, path)
+        return
+    try:
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, _FILE_FLAGS)
+            try:
+                opened = fd, os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            yield from _file_chunks(out, headers, opened, name)
+        else:
+            yield from out.put(_other_header(headers, path, name, st))
+    except _Changed as exc:
+        raise _entry_error(exc, root) from exc
 
 
 def _check_store_paths(paths: Sequence[str], store_dir: str) -> None:
@@ -376,6 +378,16 @@ def _check_store_paths(paths: Sequence[str], store_dir: str) -> None:
         if path in seen:
             raise UsageError(f"store path listed twice in one layer: {path}")
         seen.add(path)
+
+
+def _store_dir_headers(store_dir: str, headers: _Headers) -> bytes:
+    """Entries for the store dir's components (``/nix``, ``/nix/store``), dirs 0755."""
+    parts = []
+    prefix = ""
+    for component in store_dir.strip("/").split("/"):
+        prefix += "/" + component
+        parts.append(headers.entry(headers.name(prefix) + "/", 0o755, _DIRTYPE, 0))
+    return b"".join(parts)
 
 
 def store_tar_chunks(
@@ -398,17 +410,42 @@ def store_tar_chunks(
 def _store_chunks(
     paths: list[str], store_dir: str, headers: _Headers, chunk_size: int
 ) -> Iterator[bytes]:
-    out = _Chunker(chunk_size)
+    out = _Chunker(chunk_size, headers)
     try:
-        for header, path, size in _store_items(paths, store_dir, headers):
-            if out.add_entry(header, path, size):
-                continue
-            yield from out.put(header)
-            if size:  # an empty file has nothing to read: no need to open it
-                yield from out.put_file(path, size)
+        yield from out.put(_store_dir_headers(store_dir, headers))
+        for root in paths:
+            yield from _root_chunks(out, headers, root)
     except OSError as exc:
         raise _image_error(exc) from exc
     yield from out.finish()
+
+
+def _walk(root: str) -> Iterator[tuple[bytes, os.stat_result]]:
+    """``root`` and everything under it, in no particular order (sizes add up in any order)."""
+    path = os.fsencode(root)
+    st = os.lstat(path)
+    yield path, st
+    pending = [path] if stat.S_ISDIR(st.st_mode) else []
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                yield entry.path, st
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+
+
+def _entry_size(headers: _Headers, path: bytes, st: os.stat_result) -> int:
+    """How many bytes one entry takes in :func:`store_tar_chunks`' stream."""
+    mode = st.st_mode
+    name = path[1:] if headers.relative else path
+    if stat.S_ISREG(mode):
+        size = st.st_size
+        header = headers.entry(_decode(name), mode & 0o7777, _REGTYPE, size)
+        return len(header) + size + -size % _BLOCK
+    if stat.S_ISDIR(mode):
+        return len(headers.entry(_decode(name) + "/", mode & 0o7777, _DIRTYPE, 0))
+    return len(_other_header(headers, path, name, st))
 
 
 def store_tar_size(
@@ -416,19 +453,15 @@ def store_tar_size(
 ) -> int:
     """The exact length of :func:`store_tar_chunks`' stream, from lstat/readlink only."""
     _check_store_paths(paths, store_dir)
-    total = 0
+    headers = _Headers(options)
+    total = len(_store_dir_headers(store_dir, headers))
     try:
-        for header, _, size in _store_items(paths, store_dir, _Headers(options)):
-            total += len(header) + size + -size % _BLOCK
+        for root in paths:
+            total += sum(_entry_size(headers, path, st) for path, st in _walk(root))
     except OSError as exc:
         raise _image_error(exc) from exc
     total += 2 * _BLOCK
     return total + -total % _RECORD
-
-
-def _image_error(exc: OSError) -> ImageError:
-    where = exc.filename if exc.filename is not None else "store path"
-    return ImageError(f"cannot archive {where}: {exc.strerror or exc}")
 
 
 def entries_tar_chunks(
@@ -446,7 +479,7 @@ def entries_tar_chunks(
 
 
 def _entries_chunks(entries: list[TarEntry], headers: _Headers) -> Iterator[bytes]:
-    out = _Chunker(1 << 20)
+    out = _Chunker(1 << 20, headers)
     for entry in entries:
         name = headers.name(entry.name)
         if entry.kind == "dir":

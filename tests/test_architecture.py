@@ -15,6 +15,7 @@ ONLY_ALLOWED: dict[str, set[str]] = {"errors": set(), "events": set(), "digest":
 FORBIDDEN: dict[str, set[str]] = {
     "nix": {"tarstream", "registry", "layer", "compress", "image", "api", "cli", "layering"},
     "tarstream": {"nix", "registry", "api", "cli", "image", "layering"},
+    "tarheader": {"nix", "registry", "api", "cli", "image", "layering", "tarstream", "layer"},
     "registry": {"nix", "tarstream", "layer", "compress", "image", "api", "cli", "layering"},
     "layering": {"nix", "tarstream", "registry", "api", "cli", "image", "layer"},
     "image": {"nix", "tarstream", "registry", "layer", "api", "cli"},

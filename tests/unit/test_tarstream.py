@@ -13,7 +13,7 @@ import os
 import pathlib
 import stat
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -364,26 +364,161 @@ def test_file_changing_size_while_archived_is_an_error(
         list(chunks)
 
 
+def _fstat_then(
+    victim: pathlib.Path, action: Callable[[], object]
+) -> Callable[[int], os.stat_result]:
+    """An os.fstat that runs ``action`` right after it has looked at ``victim``."""
+    real_fstat = os.fstat
+    victim_inode = victim.stat().st_ino
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if st.st_ino == victim_inode:
+            action()
+        return st
+
+    return fstat
+
+
+@pytest.mark.parametrize("size", [100, 5000])
 @pytest.mark.parametrize("change", [b"grown", None], ids=["grows", "shrinks"])
-def test_small_file_changing_size_after_lstat_is_an_error(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, change: bytes | None
+def test_small_file_changing_size_after_stat_is_an_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, change: bytes | None, size: int
 ) -> None:
     store_dir = tmp_path / "store"
     app = store_dir / "jjjj-app"
     app.mkdir(parents=True)
     victim = app / "victim"
-    _write(victim, b"v" * 5000, 0o644)
-    real_children = tarstream._children
-
-    def stale_children(directory: str) -> Iterator[tuple[str, os.stat_result]]:
-        listed = list(real_children(directory))  # lstat now...
-        victim.write_bytes(b"v" * 5000 + change if change else b"v")  # ...then it changes
-        return iter(listed)
-
-    monkeypatch.setattr(tarstream, "_children", stale_children)
+    _write(victim, b"v" * size, 0o644)
+    after = b"v" * size + change if change else b"v"
+    monkeypatch.setattr(os, "fstat", _fstat_then(victim, lambda: victim.write_bytes(after)))
     # The default chunk size: the whole entry fits in the chunk buffer (the hot path).
-    with pytest.raises(ImageError, match="victim: file changed size"):
+    with pytest.raises(ImageError, match=f"jjjj-app/victim: file changed size.*{size} bytes"):
         ours([str(app)], str(store_dir))
+
+
+def test_file_replaced_by_a_directory_is_an_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir = tmp_path / "store"
+    app = store_dir / "jjjj-app"
+    app.mkdir(parents=True)
+    victim = app / "victim"
+    _write(victim, b"v", 0o644)
+    real_fstat = os.fstat
+    inode = victim.stat().st_ino
+    # The listing said "file"; what is opened turns out to be a directory.
+    monkeypatch.setattr(
+        os, "fstat", lambda fd: os.stat(app) if real_fstat(fd).st_ino == inode else real_fstat(fd)
+    )
+    with pytest.raises(ImageError, match="jjjj-app/victim: changed type while being archived"):
+        ours([str(app)], str(store_dir))
+
+
+# --- the fast path's edges: every entry must still equal tarfile's -----------------------------
+
+BOUNDARY_SIZES = [0, 1, 511, 512, 513, 1024, 4095, 65024, 65535, 65536, 65537, 70000]
+
+
+@needs_current_tarfile
+@pytest.mark.parametrize("chunk_size", [1 << 20, 66560, 1536, 513])
+def test_sizes_at_block_and_packing_boundaries(tmp_path: pathlib.Path, chunk_size: int) -> None:
+    store_dir = tmp_path / "store"
+    app = store_dir / "kkkk-sizes"
+    app.mkdir(parents=True)
+    for size in BOUNDARY_SIZES:
+        _write(app / f"f{size:06d}", os.urandom(size), 0o444 if size % 2 else 0o555)
+    data = ours([str(app)], str(store_dir), chunk_size=chunk_size)
+    assert data == tarfile_reference([str(app)], str(store_dir))
+    assert store_tar_size([str(app)], store_dir=str(store_dir)) == len(data)
+
+
+@needs_current_tarfile
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_names_at_the_ustar_limit(tmp_path: pathlib.Path, relative: bool) -> None:
+    store_dir = tmp_path / "s"
+    app = store_dir / "kk-a"
+    for length in (99, 100, 101):  # the name of each directory's longest entry, in the tar
+        files, dirs = app / f"f{length}", app / f"d{length}"
+        files.mkdir(parents=True)
+        dirs.mkdir()
+        room = length - (len(str(files)) + 1 - relative)  # names start with "<files>/"
+        assert room > 5, "tmp_path too long for this test"
+        _write(files / ("f" * room), b"at the limit")
+        _write(files / "short", b"")
+        (dirs / ("d" * (room - 1))).mkdir()  # its slash makes it `length` long
+    options = TarOptions(relative_names=relative)
+    data = ours([str(app)], str(store_dir), options=options)
+    assert data == tarfile_reference([str(app)], str(store_dir), options)
+    assert data.count(b"././@PaxHeader") == 2  # the file and the directory of 101 bytes
+    assert store_tar_size([str(app)], store_dir=str(store_dir), options=options) == len(data)
+
+
+@needs_current_tarfile
+def test_non_utf8_names_sort_as_text_like_tarfile(tmp_path: pathlib.Path) -> None:
+    store_dir = tmp_path / "store"
+    app = store_dir / "kkkk-names"
+    app.mkdir(parents=True)
+    # As bytes 0xEE < 0xF0 < 0xFF; as text U+DCFF (the escaped 0xFF) < U+E000 < U+10000.
+    for name in (b"\xff", "\ue000".encode(), "\U00010000".encode(), b"a", b"\xffdir"):
+        _write(os.fsencode(app) + b"/" + name, name)
+    data = ours([str(app)], str(store_dir))
+    assert data == tarfile_reference([str(app)], str(store_dir))
+    assert store_tar_size([str(app)], store_dir=str(store_dir)) == len(data)
+
+
+def _deep_tree(app: pathlib.Path, depth: int) -> None:
+    app.mkdir(parents=True)
+    level = app
+    for i in range(depth):
+        _write(level / "file", b"level %d" % i)
+        os.symlink("file", level / "link")
+        level = level / f"d{i}"
+        level.mkdir(parents=True)
+    _write(level / "bottom", b"bottom")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@needs_current_tarfile
+def test_trees_deeper_than_the_open_fd_limit(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir = tmp_path / "store"
+    app = store_dir / "kkkk-deep"
+    _deep_tree(app, 10)
+    expected = tarfile_reference([str(app)], str(store_dir))
+    assert ours([str(app)], str(store_dir)) == expected
+    # Below 2 levels, entries are opened by full path: at most 2 directory fds stay open.
+    monkeypatch.setattr(tarstream, "_MAX_OPEN_DIRS", 2)
+    before = _open_fds()
+    peak = before
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        nonlocal peak
+        peak = max(peak, _open_fds())
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    assert ours([str(app)], str(store_dir)) == expected
+    assert _open_fds() == before
+    assert peak <= before + 3  # 2 directories and the file being read
+
+
+def test_no_file_left_open_when_the_stream_is_abandoned(tmp_path: pathlib.Path) -> None:
+    store_dir = tmp_path / "store"
+    app = store_dir / "kkkk-deep"
+    _deep_tree(app, 8)
+    _write(app / "d0" / "big", os.urandom(5000))
+    before = _open_fds()
+    for taken in range(1, 30):
+        chunks = store_tar_chunks([str(app)], store_dir=str(store_dir), chunk_size=512)
+        list(itertools.islice(chunks, taken))
+        chunks.close()  # type: ignore[attr-defined]
+        assert _open_fds() == before, taken
 
 
 # --- synthetic entries -------------------------------------------------------------------------
