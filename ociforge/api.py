@@ -20,7 +20,6 @@ from ociforge.errors import UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.nix import Closure, closure_from_json_file, read_closure
 from ociforge.nix.closure import merge_closures
-from ociforge.nix.devenv import read_devshell
 from ociforge.outputs import (
     DockerArchiveTarget,
     OciTarget,
@@ -126,6 +125,8 @@ def _devshell_source(installable: Source, closure_json: str | None, nix: str) ->
         raise UsageError("--devshell reads the shell's environment with nix: drop --closure-json")
     if not isinstance(installable, str) or not installable:
         raise UsageError("--devshell needs the shell as an installable (.#devShells.<system>.X)")
+    from ociforge.nix.devenv import read_devshell  # noqa: PLC0415  (dev shells only)
+
     shell = read_devshell(installable, nix=nix)
     return ImageSource(shell.closure, linked_roots=(), devenv=shell.env)
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ociforge.devshell import ENTRYPOINT, entrypoint_entry, image_env
 from ociforge.errors import UsageError
 from ociforge.essentials import (
     EssentialsOptions,
@@ -26,11 +25,11 @@ from ociforge.essentials import (
     parse_user,
 )
 from ociforge.nix.closure import Closure
-from ociforge.nix.devenv import DevEnv
 from ociforge.rootfs import default_path, root_links
 from ociforge.tarstream import TarEntry
 
-if TYPE_CHECKING:  # nixdb imports sqlite3: only --with-nix pays for it
+if TYPE_CHECKING:  # nixdb imports sqlite3 (only --with-nix pays for it), devenv is shells only
+    from ociforge.nix.devenv import DevEnv
     from ociforge.nix.nixdb import NixDatabase
 
 __all__ = ["Customisation", "ImageSource", "customise"]
@@ -96,27 +95,35 @@ def customise(
         extra += found.entries
         env.update(found.env)
         warnings = found.warnings
-    if source.devenv is not None:
-        home = opts.home if opts is not None else None
-        env.update(
-            image_env(
-                source.devenv,
-                home=parse_user(user_spec, home=home).home,
-                user=user_spec,
-                store_dir=closure.store_dir,
-            )
-        )
     entrypoint = None
-    if entrypoint_hook and source.devenv is not None:
-        ordered = ordered_store_paths(closure.roots, closure.paths)
-        extra.append(entrypoint_entry(source.devenv, bash=find_program(ordered, ("bash",))))
-        entrypoint = (ENTRYPOINT,)
+    if source.devenv is not None:
+        shell_env, hook = _shell(source.devenv, closure, opts, entrypoint_hook)
+        env.update(shell_env)
+        if hook is not None:
+            extra.append(hook)
+            entrypoint = (hook.name,)
     entries = tuple(merge_entries(links, extra))
     if opts is not None and not any(e.name == "/etc/passwd" for e in entries):
         warnings += _user_warning(opts)
     path = default_path(source.roots_to_link)
     env = dict(sorted(env.items()))
     return Customisation(entries, env, path, user_spec, entrypoint, warnings)
+
+
+def _shell(
+    devenv: DevEnv, closure: Closure, opts: EssentialsOptions | None, entrypoint_hook: bool
+) -> tuple[dict[str, str], TarEntry | None]:
+    """The shell's variables for ``Env``, and the entrypoint running its hook if asked for."""
+    # Imported here: only dev shell images pay for them.
+    from ociforge.devshell import entrypoint_entry, image_env  # noqa: PLC0415
+
+    user = opts.user if opts is not None else None
+    home = parse_user(user, home=opts.home if opts is not None else None).home
+    env = image_env(devenv, home=home, user=user, store_dir=closure.store_dir)
+    if not entrypoint_hook:
+        return env, None
+    bash = find_program(ordered_store_paths(closure.roots, closure.paths), ("bash",))
+    return env, entrypoint_entry(devenv, bash=bash)
 
 
 def _user_warning(opts: EssentialsOptions) -> tuple[str, ...]:
