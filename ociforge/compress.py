@@ -1,15 +1,26 @@
-"""Layer compression: gzip, zstd or none, deterministic and streaming.
+"""Layer compression: gzip, zstd or none, deterministic, streaming and on every core.
 
 Determinism: the output is a function of the input bytes, the algorithm, the level and the
-library version only. Input chunks are first re-cut into fixed 1 MiB blocks, so the way the
-caller happens to chunk its data can never change the compressor's call sequence (and so its
-output). gzip gets a fixed header (no file name, mtime 0, OS 255 "unknown", as Python's
-``gzip.compress`` writes it); zstd frames carry a checksum and no content size (a streamed layer
-has no size to pledge). The same zlib/libzstd versions are needed to reproduce a digest
-byte-for-byte: other builds (zlib-ng, another zstd release) may choose other matches.
+library version only; never of the thread count or of how the caller chunks its data.
 
-A block-parallel encoder (pigz-like) can replace ``_ENCODERS[algorithm]`` behind the same
-``compress_chunks`` signature; its blocks would start at the same fixed boundaries.
+- Input chunks are first re-cut into fixed-size blocks, so the caller's chunking can never
+  change the compressor's call sequence (and so its output).
+- gzip is block-parallel, like pigz: the input is cut at fixed 1 MiB boundaries, each block
+  is raw-deflated on its own (in a thread pool) with the 32 KiB before it as preset dictionary
+  and ends with a sync flush (the last one with a final block), and the pieces are concatenated
+  into one gzip member: a fixed header (no file name, mtime 0, OS 255 "unknown", as Python's
+  ``gzip.compress`` writes it) and the crc32/size trailer. Each block depends only on its own
+  bytes and the 32 KiB before it, so the thread count cannot change a byte. It costs about 0.1%
+  of size against a one-shot deflate.
+- zstd uses libzstd's own worker threads (``threads >= 1``, never 0): multi-threaded zstd cuts
+  its jobs at a fixed size (set here from the level), not by the worker count, so 1, 2 or 64
+  workers write the same frame (single-threaded mode, ``threads=0``, writes a different one, so
+  it is never used). Frames carry a checksum and no content size (a streamed layer has no size
+  to pledge).
+
+The same zlib/libzstd versions are needed to reproduce a digest byte-for-byte: other builds
+(zlib-ng, another zstd release) may choose other matches. Memory is bounded: a few blocks per
+thread for gzip; for zstd, libzstd's job buffers (about 15 MiB per worker at level 3).
 """
 
 from __future__ import annotations
@@ -19,14 +30,25 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import zstandard
 
 from ociforge.errors import UsageError
+from ociforge.pipeline import check_threads, ordered_map
 
 __all__ = ["Compression", "CompressionOptions", "compress_chunks"]
 
-_BLOCK_SIZE = 1 << 20
+_ZSTD_BLOCK = 1 << 20  # what zstd is fed per call
+_ZSTD_JOB = 2 << 20  # the smallest job libzstd's workers compress at once: part of the format
+# Each gzip block is deflated on its own: changing the size changes the bytes. 1 MiB, not
+# pigz's 128 KiB: every block costs two GIL hand-overs in a worker (up to the 5 ms switch
+# interval each while the tar reader runs Python code), so big blocks keep the cores busy.
+_GZIP_BLOCK = 1 << 20
+_WINDOW = 32 << 10  # deflate's window: the preset dictionary of each gzip block
+_AHEAD_PER_THREAD = 2  # gzip blocks in flight per thread: keeps every core busy, memory flat
+
+Buffer = bytes | memoryview
 
 
 class Compression(str, enum.Enum):
@@ -78,25 +100,42 @@ class CompressionOptions:
         return self.level if self.level is not None else _LEVELS[self.algorithm][2]
 
 
-def compress_chunks(chunks: Iterable[bytes], options: CompressionOptions) -> Iterator[bytes]:
-    """Compress a stream of chunks lazily; never holds more than about one block in memory."""
+def compress_chunks(
+    chunks: Iterable[bytes], options: CompressionOptions, *, threads: int | None = None
+) -> Iterator[bytes]:
+    """Compress a stream of chunks lazily, on ``threads`` threads (default: every core).
+
+    The thread count never changes the output. Memory stays flat: a few blocks per thread are
+    in flight. Chunks that are not ``bytes`` are copied, so a caller may reuse its buffer.
+    """
+    workers = check_threads(threads)
     if options.algorithm is Compression.NONE:
         return iter(chunks)
     level = options.level if options.level is not None else _LEVELS[options.algorithm][2]
-    return _ENCODERS[options.algorithm](_fixed_blocks(chunks, _BLOCK_SIZE), level)
+    return _ENCODERS[options.algorithm](chunks, level, workers)
 
 
-def _fixed_blocks(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut ``chunks`` into blocks of exactly ``size`` bytes (the last one may be shorter)."""
+def _fixed_blocks(chunks: Iterable[bytes], size: int) -> Iterator[Buffer]:
+    """Re-cut ``chunks`` into blocks of exactly ``size`` bytes (the last one may be shorter).
+
+    Blocks inside a chunk are zero-copy views of it; only blocks spanning chunks are copied.
+    """
     pending = bytearray()
     for chunk in chunks:
-        if not pending and len(chunk) == size:  # the tar stream's usual case: pass through
-            yield chunk
-            continue
-        pending += chunk
-        while len(pending) >= size:
-            yield bytes(pending[:size])
-            del pending[:size]
+        # A view of a mutable buffer could change under a block still in flight: copy those.
+        view = memoryview(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        if pending:
+            head = view[: size - len(pending)]
+            pending += head
+            view = view[len(head) :]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending = bytearray()
+        while len(view) >= size:
+            yield view[:size]
+            view = view[size:]
+        pending += view
     if pending:
         yield bytes(pending)
 
@@ -107,34 +146,93 @@ def _gzip_header(level: int) -> bytes:
     return struct.pack("<BBBBIBB", 0x1F, 0x8B, 8, 0, 0, xfl, 255)
 
 
-def _gzip(blocks: Iterator[bytes], level: int) -> Iterator[bytes]:
-    deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
-    crc = 0
-    size = 0
+@dataclass(frozen=True)
+class _Block:
+    data: Buffer
+    dictionary: bytes  # the 32 KiB of input before the block (empty for the first)
+    last: bool
+
+
+def _deflate_block(level: int, block: _Block) -> bytes:
+    """Raw deflate of one block: a pure function of its bytes, dictionary, level and `last`."""
+    if block.dictionary:
+        engine = zlib.compressobj(
+            level,
+            zlib.DEFLATED,
+            -zlib.MAX_WBITS,
+            zlib.DEF_MEM_LEVEL,
+            zlib.Z_DEFAULT_STRATEGY,
+            block.dictionary,
+        )
+    else:
+        engine = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    # A sync flush ends the block on a byte boundary, so the next one can simply follow it.
+    end = zlib.Z_FINISH if block.last else zlib.Z_SYNC_FLUSH
+    return engine.compress(block.data) + engine.flush(end)
+
+
+class _Trailer:
+    """crc32 and length of the uncompressed bytes, for the gzip trailer."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
+
+    def jobs(self, blocks: Iterator[Buffer]) -> Iterator[_Block]:
+        """The blocks as deflate jobs, each with its dictionary and whether it is the last."""
+        held: Buffer | None = None  # one block of look-ahead: the last one ends differently
+        dictionary = b""
+        for block in blocks:
+            self.crc = zlib.crc32(block, self.crc)
+            self.size += len(block)
+            if held is not None:
+                yield _Block(held, dictionary, last=False)
+                dictionary = bytes(held[-_WINDOW:])  # a copy: do not pin the whole chunk
+            held = block
+        if held is not None:
+            yield _Block(held, dictionary, last=True)
+
+    def pack(self) -> bytes:
+        return struct.pack("<II", self.crc, self.size & 0xFFFFFFFF)
+
+
+def _gzip(chunks: Iterable[bytes], level: int, threads: int) -> Iterator[bytes]:
+    trailer = _Trailer()
+    jobs = trailer.jobs(_fixed_blocks(chunks, _GZIP_BLOCK))
     yield _gzip_header(level)
-    for block in blocks:
-        crc = zlib.crc32(block, crc)
-        size += len(block)
-        out = deflate.compress(block)
-        if out:
-            yield out
-    yield deflate.flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
-
-
-def _zstd(blocks: Iterator[bytes], level: int) -> Iterator[bytes]:
-    # threads=0: multi-threaded zstd writes different (if equally valid) frames.
-    compressor = zstandard.ZstdCompressor(
-        level=level, write_checksum=True, write_content_size=False, threads=0
+    yield from ordered_map(
+        partial(_deflate_block, level), jobs, workers=threads, ahead=_AHEAD_PER_THREAD * threads
     )
+    if trailer.size == 0:  # no block at all: an empty final block, as zlib writes it
+        yield zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+    yield trailer.pack()
+
+
+def _zstd_parameters(level: int, threads: int) -> zstandard.ZstdCompressionParameters:
+    # threads >= 1 always (see the module docstring): the frame does not depend on the count.
+    # Jobs of one window (at least 2 MiB) instead of libzstd's four (8 MiB at level 3): peak
+    # RSS 77 instead of 124 MiB with two workers on the 1 GB benchmark, for 0.7% of size.
+    window_log = zstandard.ZstdCompressionParameters.from_level(level).window_log
+    return zstandard.ZstdCompressionParameters.from_level(
+        level,
+        threads=threads,
+        job_size=max(_ZSTD_JOB, 1 << window_log),
+        write_checksum=1,
+        write_content_size=0,
+    )
+
+
+def _zstd(chunks: Iterable[bytes], level: int, threads: int) -> Iterator[bytes]:
+    compressor = zstandard.ZstdCompressor(compression_params=_zstd_parameters(level, threads))
     stream = compressor.compressobj()
-    for block in blocks:
+    for block in _fixed_blocks(chunks, _ZSTD_BLOCK):
         out = stream.compress(block)
         if out:
             yield out
     yield stream.flush()
 
 
-_ENCODERS: dict[Compression, Callable[[Iterator[bytes], int], Iterator[bytes]]] = {
+_ENCODERS: dict[Compression, Callable[[Iterable[bytes], int, int], Iterator[bytes]]] = {
     Compression.GZIP: _gzip,
     Compression.ZSTD: _zstd,
 }

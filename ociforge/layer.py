@@ -5,8 +5,9 @@ the identical byte stream on every :meth:`LayerRecipe.open`, so a failed upload 
 byte 0 without temp files. One pass computes everything a manifest needs::
 
     tar chunks -> sha256 (diff_id) -> compress -> sha256 + count (digest, size) -> caller
+    [----- reading thread -------]   [worker threads]   [------ caller's thread ------]
 
-With ``Compression.NONE`` the blob *is* the tar, so it is hashed once.
+With ``Compression.NONE`` the blob *is* the tar, so it is hashed once (in the reading thread).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import TracebackType
 from ociforge.compress import Compression, CompressionOptions, compress_chunks
 from ociforge.digest import Digest, HashingCounter
 from ociforge.errors import UsageError
+from ociforge.pipeline import Prefetch, check_threads
 from ociforge.tarstream import (
     TarEntry,
     TarOptions,
@@ -43,26 +45,26 @@ class LayerDigests:
 class LayerStream:
     """One pass over a layer's blob: iterate the chunks, then read :attr:`result`.
 
-    Single use; close it (or use ``with``) to release open files when stopping early.
+    The tar is read (and its diff_id hashed) in a background thread a few chunks ahead,
+    while this thread compresses (on ``threads`` cores, default all) and hashes the blob, so
+    reading files, hashing and compressing overlap with flat memory. Errors raised while
+    reading the tar reach the caller unchanged. Single use; close it (or use ``with``) to stop
+    early: the reading thread is stopped and its open file closed before ``close`` returns.
     """
 
-    def __init__(self, tar_chunks: Iterator[bytes], compression: CompressionOptions) -> None:
+    def __init__(
+        self,
+        tar_chunks: Iterator[bytes],
+        compression: CompressionOptions,
+        *,
+        threads: int | None = None,
+    ) -> None:
+        threads = check_threads(threads)  # a bad count fails here, not at the first chunk
         self._source = tar_chunks
-        self._result: LayerDigests | None = None
-        self._chunks = self._run(compression)
-
-    def _run(self, compression: CompressionOptions) -> Generator[bytes, None, None]:
+        self._box: list[LayerDigests] = []  # the pipeline's result; not `self`: no ref cycle
         tar = HashingCounter()
-        tapped = tar.tap(self._source)
-        if compression.algorithm is Compression.NONE:
-            blob = tar  # the blob is the tar: hash it once
-            yield from tapped
-        else:
-            blob = HashingCounter()
-            yield from blob.tap(compress_chunks(tapped, compression))
-        self._result = LayerDigests(
-            diff_id=tar.digest, digest=blob.digest, size=blob.size, uncompressed_size=tar.size
-        )
+        self._tar = Prefetch(_hashed(tar_chunks, tar), depth=_READ_AHEAD)
+        self._chunks = _pipeline(self._tar, tar, compression, threads, self._box)
 
     def __iter__(self) -> LayerStream:
         return self
@@ -73,9 +75,9 @@ class LayerStream:
     @property
     def result(self) -> LayerDigests:
         """The layer's digests; known only once the stream has been read to its end."""
-        if self._result is None:
+        if not self._box:
             raise UsageError("layer digests are known only after the stream is read to the end")
-        return self._result
+        return self._box[0]
 
     @property
     def digest(self) -> Digest:
@@ -88,9 +90,10 @@ class LayerStream:
         return self.result.size
 
     def close(self) -> None:
-        """Stop early: closes the tar generator now, so its open file is closed now."""
+        """Stop early: stops the reading thread and closes the tar generator (its open file)."""
         self._chunks.close()
-        if isinstance(self._source, Generator):
+        self._tar.close()
+        if isinstance(self._source, Generator):  # never started, or already closed: a no-op
             self._source.close()
 
     def __enter__(self) -> LayerStream:
@@ -103,6 +106,44 @@ class LayerStream:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_READ_AHEAD = 2  # tar chunks (1 MiB each) read ahead of the compressor
+
+
+def _hashed(chunks: Iterator[bytes], counter: HashingCounter) -> Iterator[bytes]:
+    """``chunks`` hashed as they pass; closing this closes ``chunks`` (and its open file)."""
+    try:
+        for chunk in chunks:
+            counter.update(chunk)
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _pipeline(
+    tar_chunks: Prefetch[bytes],
+    tar: HashingCounter,
+    compression: CompressionOptions,
+    threads: int,
+    box: list[LayerDigests],
+) -> Generator[bytes, None, None]:
+    try:
+        if compression.algorithm is Compression.NONE:
+            blob = tar  # the blob is the tar: hash it once
+            yield from tar_chunks
+        else:
+            blob = HashingCounter()
+            yield from blob.tap(compress_chunks(tar_chunks, compression, threads=threads))
+    finally:
+        tar_chunks.close()  # stops the reading thread: its counter is final, or abandoned
+    box.append(
+        LayerDigests(
+            diff_id=tar.digest, digest=blob.digest, size=blob.size, uncompressed_size=tar.size
+        )
+    )
 
 
 class LayerRecipe(abc.ABC):

@@ -7,15 +7,19 @@ import gzip
 import hashlib
 import os
 import pathlib
+import threading
+import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 
 import pytest
 import zstandard
 
+from ociforge import pipeline
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
-from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
+from ociforge.layer import EntriesLayer, LayerRecipe, LayerStream, StoreLayer
 from ociforge.tarstream import TarEntry, TarOptions, entries_tar_chunks, store_tar_chunks
 
 ALL = [Compression.GZIP, Compression.ZSTD, Compression.NONE]
@@ -150,8 +154,12 @@ def test_close_releases_the_open_file(tmp_path: pathlib.Path) -> None:
     [(Compression.NONE, 200 << 20), (Compression.GZIP, 48 << 20), (Compression.ZSTD, 48 << 20)],
 )
 def test_memory_does_not_grow_with_layer_size(
-    tmp_path: pathlib.Path, algorithm: Compression, size: int
+    tmp_path: pathlib.Path, algorithm: Compression, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # In flight, in 1 MiB tar chunks: the reader's buffer and the chunk it is handing over, 2
+    # queued, and for gzip 2 blocks per core plus one held back (libzstd's job buffers are not
+    # Python allocations). Pin the core count so the bound is the same on any machine.
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: 2)
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     big = store_dir / "eeee-big"
@@ -168,4 +176,128 @@ def test_memory_does_not_grow_with_layer_size(
         tracemalloc.stop()
     assert stream.result.uncompressed_size > size
     assert total == stream.result.size
-    assert peak < 6 << 20, f"peak {peak} bytes while streaming a {size}-byte layer"
+    assert peak < 12 << 20, f"peak {peak} bytes while streaming a {size}-byte layer"
+
+
+@pytest.fixture
+def new_readers() -> Callable[[], list[threading.Thread]]:
+    """The prefetch threads started during this test (and still alive)."""
+    before = set(threading.enumerate())
+
+    def alive() -> list[threading.Thread]:
+        return [
+            t for t in threading.enumerate() if t.name == "ociforge-prefetch" and t not in before
+        ]
+
+    return alive
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_blob_is_identical_whatever_the_thread_count(
+    store: tuple[str, list[str]], algorithm: Compression
+) -> None:
+    store_dir, paths = store
+    level = None if algorithm is Compression.NONE else 1
+    recipe = StoreLayer(paths, store_dir, compression=CompressionOptions(algorithm, level))
+    results = set()
+    for threads in (1, 2, 3, 4):
+        stream = LayerStream(recipe.tar_chunks(), recipe.compression, threads=threads)
+        blob = b"".join(stream)
+        assert stream.result.digest == Digest.of(blob)
+        results.add((blob, stream.result))
+    assert len(results) == 1
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_a_file_vanishing_while_streaming_raises_the_tarstream_error(
+    tmp_path: pathlib.Path,
+    algorithm: Compression,
+    new_readers: Callable[[], list[threading.Thread]],
+) -> None:
+    path = tmp_path / "store" / "hhhh-app"
+    path.mkdir(parents=True)
+    with open(path / "a-big", "wb") as handle:
+        handle.truncate(64 << 20)
+    (path / "b-small").write_text("soon gone\n")
+    recipe = StoreLayer([str(path)], str(path.parent), compression=CompressionOptions(algorithm))
+    stream = recipe.open()
+    next(stream)  # (gzip's first chunk is its header: nothing read yet)
+    next(stream)  # the reader is inside a-big, having listed the directory
+    os.unlink(path / "b-small")
+    with pytest.raises(ImageError, match="b-small"):
+        list(stream)
+    assert new_readers() == []
+
+
+def test_errors_from_the_tar_reach_the_caller_unchanged() -> None:
+    error = ImageError("cannot read /nix/store/x-gone/file: No such file or directory")
+
+    def tar() -> Iterator[bytes]:
+        yield os.urandom(1 << 20)
+        raise error
+
+    for algorithm in ALL:
+        with pytest.raises(ImageError) as info:
+            list(LayerStream(tar(), CompressionOptions(algorithm)))
+        assert info.value is error
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_closing_early_stops_the_reader_and_closes_the_file(
+    tmp_path: pathlib.Path,
+    algorithm: Compression,
+    new_readers: Callable[[], list[threading.Thread]],
+) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    big = store_dir / "ffff-big"
+    with open(big, "wb") as handle:
+        handle.truncate(256 << 20)
+    before = _open_fds()
+    recipe = StoreLayer([str(big)], str(store_dir), compression=CompressionOptions(algorithm))
+    with recipe.open() as stream:
+        next(stream)
+        next(stream)
+    assert _open_fds() == before
+    assert new_readers() == []
+
+
+def test_an_abandoned_stream_stops_its_reader(
+    tmp_path: pathlib.Path, new_readers: Callable[[], list[threading.Thread]]
+) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    big = store_dir / "gggg-big"
+    with open(big, "wb") as handle:
+        handle.truncate(256 << 20)
+    before = _open_fds()
+    stream = StoreLayer([str(big)], str(store_dir)).open()
+    next(stream)
+    del stream  # e.g. an upload that failed and was retried with a fresh stream
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while (new_readers() or _open_fds() != before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert new_readers() == []
+    assert _open_fds() == before
+
+
+def test_nothing_is_read_before_the_first_chunk_is_asked_for(
+    new_readers: Callable[[], list[threading.Thread]],
+) -> None:
+    pulled = []
+
+    def tar() -> Iterator[bytes]:
+        pulled.append(1)
+        yield b"x" * 10240
+
+    stream = LayerStream(tar(), CompressionOptions())
+    time.sleep(0.05)
+    assert pulled == []
+    assert new_readers() == []
+    assert gzip.decompress(b"".join(stream)) == b"x" * 10240
+
+
+def test_a_bad_thread_count_fails_when_the_stream_is_opened() -> None:
+    with pytest.raises(UsageError, match="thread count"):
+        LayerStream(iter([b"x"]), CompressionOptions(), threads=0)
