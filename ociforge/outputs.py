@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from ociforge.assemble import BuiltImage, ImagePlan
+from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobProgress, BlobStarted, ProgressCallback
-from ociforge.layer import LayerDigests
+from ociforge.layer import LayerDigests, LayerStream
 
 if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
     from ociforge.image import DockerArchiveWriter
@@ -74,7 +75,10 @@ def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) ->
         key = f"layer {index + 1}/{len(plan.layers)}"
         on_event(BlobStarted(key, None, layer.comment))
         stream = layer.recipe.open()
-        digest, size = layout.write_blob_stream(_reporting(stream, key, on_event))
+        # The layer stream hashes its blob already: a second sha256 pass would be pure cost.
+        digest, size = layout.write_blob_stream(
+            _reporting(stream, key, on_event), hashed=_hashed_by(stream)
+        )
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(digest)))
     built = plan.finish(results)
@@ -115,6 +119,10 @@ def _write_archive(
     writer.finish(built.config, _repo_tags(plan, target))
     out.flush()
     return built
+
+
+def _hashed_by(stream: LayerStream) -> Callable[[], tuple[Digest, int]]:
+    return lambda: (stream.digest, stream.size)
 
 
 def _reporting(chunks: Iterable[bytes], key: str, on_event: ProgressCallback) -> Iterator[bytes]:

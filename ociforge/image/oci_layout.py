@@ -17,7 +17,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
 from ociforge.digest import Digest, HashingCounter
@@ -125,22 +125,29 @@ class OciLayout:
         """Store an in-memory blob (config, manifest); a no-op when it is already there."""
         return self.write_blob_stream([data], expected=Digest.of(data))
 
-    def write_blob_stream(self, chunks: Iterable[bytes], expected: Digest | None = None) -> BlobRef:
+    def write_blob_stream(
+        self,
+        chunks: Iterable[bytes],
+        expected: Digest | None = None,
+        *,
+        hashed: Callable[[], tuple[Digest, int]] | None = None,
+    ) -> BlobRef:
         """Stream a blob to ``blobs/sha256/<digest>``, hashing and counting on the way.
 
         The whole stream is always consumed (the caller's layer digests are computed while it is
         read). With ``expected``, a different digest raises DigestMismatchError and stores
-        nothing.
+        nothing. ``hashed``: the stream hashes itself (a layer stream does); called once the
+        stream is exhausted, it gives the digest and size, and this pass hashes nothing.
         """
         tmp = os.path.join(self._blobs, f".tmp-{secrets.token_hex(8)}")
         counter = HashingCounter()
         try:
             with self._open_new(tmp) as out:
-                for chunk in counter.tap(chunks):
+                for chunk in chunks if hashed is not None else counter.tap(chunks):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())  # the rename must not publish a blob still in the cache
-            digest = counter.digest
+            digest, size = hashed() if hashed is not None else (counter.digest, counter.size)
             if expected is not None and digest != expected:
                 raise DigestMismatchError(
                     "blob written to the OCI layout", str(expected), str(digest)
@@ -155,7 +162,7 @@ class OciLayout:
             if isinstance(exc, OSError):
                 raise ImageError(f"cannot write a blob in {self._blobs}: {exc.strerror}") from exc
             raise
-        return BlobRef(digest, counter.size)
+        return BlobRef(digest, size)
 
     def _open_new(self, path: str) -> IO[bytes]:
         # O_EXCL with 0o644 (minus umask): tempfile's 0o600 would make blobs unreadable to others.

@@ -66,6 +66,21 @@ def test_write_blob_stream_names_the_blob_by_its_digest(tmp_path: Path) -> None:
     assert (tmp_path / "blobs/sha256" / digest.hex).stat().st_mode & 0o777 == 0o644 & ~_umask()
 
 
+def test_a_stream_that_hashes_itself_is_not_hashed_again(tmp_path: Path) -> None:
+    layout = OciLayout(tmp_path)
+    calls: list[str] = []
+
+    def hashed() -> tuple[Digest, int]:
+        calls.append("asked once the stream ended")
+        return Digest.of(b"hello"), 5
+
+    ref = layout.write_blob_stream(iter([b"hel", b"lo"]), hashed=hashed)
+    assert ref == (Digest.of(b"hello"), 5) and len(calls) == 1
+    assert (tmp_path / "blobs/sha256" / ref.digest.hex).read_bytes() == b"hello"
+    with pytest.raises(DigestMismatchError):
+        layout.write_blob_stream(iter([b"x"]), Digest.of(b"y"), hashed=lambda: (Digest.of(b"x"), 1))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
