@@ -159,9 +159,9 @@ class LayerRecipe(abc.ABC):
         """The exact length of :meth:`tar_chunks`' stream (subclasses avoid reading content)."""
         return sum(len(chunk) for chunk in self.tar_chunks())
 
-    def open(self) -> LayerStream:
-        """A fresh one-pass stream of the (compressed) blob."""
-        return LayerStream(self.tar_chunks(), self.compression)
+    def open(self, *, threads: int | None = None) -> LayerStream:
+        """A fresh one-pass stream of the (compressed) blob; ``threads`` as in LayerStream."""
+        return LayerStream(self.tar_chunks(), self.compression, threads=threads)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ leaves every tag where it was.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -21,6 +22,7 @@ from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, UsageError
 from ociforge.events import ProgressCallback, ignore_event
 from ociforge.layer import LayerStream
+from ociforge.pipeline import cpu_count
 from ociforge.reference import Reference
 from ociforge.registry import (
     BlobJob,
@@ -123,10 +125,7 @@ def push_plan(
     started = time.monotonic()
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
     with open_client(refs[0].registry, opts, on_event) as client:
-        client.ping()
-        scopes = _push_scopes(refs, opts)
-        current = _current_manifests(client, refs, scopes)
-        known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
+        current, known = _survey(client, plan, refs, opts, cache)
         if all(layer.key in known for layer in plan.layers):
             digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
             if _all_tagged(refs, current, digest):
@@ -171,10 +170,7 @@ def preview_push(
     check_same_registry([*refs, *opts.cache_from])
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
     with open_client(refs[0].registry, opts, on_event) as client:
-        client.ping()
-        scopes = _push_scopes(refs, opts)
-        current = _current_manifests(client, refs, scopes)
-        known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
+        current, known = _survey(client, plan, refs, opts, cache)
         up_to_date = False
         if all(layer.key in known for layer in plan.layers):
             digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
@@ -196,10 +192,16 @@ def _push_layers(
     """Upload what the registry lacks; return each layer's outcome and digests, in order."""
     streams: dict[str, LayerStream] = {}
     lock = threading.Lock()
+    # Streams compressing at once share the cores (the bytes do not depend on the count):
+    # more threads than cores only adds buffers, i.e. memory, and GIL hand-offs.
+    streamed = sum(1 for layer in plan.layers if layer.key not in known)
+    threads = max(1, cpu_count() // max(1, min(opts.jobs, streamed)))
     jobs = [
         BlobJob(
             key=f"layer {i + 1}/{len(plan.layers)}",
-            open_stream=_remembering(layer.recipe.open, streams, layer.key, lock),
+            open_stream=_remembering(
+                functools.partial(layer.recipe.open, threads=threads), streams, layer.key, lock
+            ),
             expected=known[layer.key].digest if layer.key in known else None,
             mount_from=_mount_source(opts, repo) if layer.key in known else None,
             size=known[layer.key].size if layer.key in known else None,
@@ -240,6 +242,21 @@ def _push_scopes(refs: Sequence[Reference], opts: RegistryOptions) -> list[str]:
     if opts.mount_from:
         pull.append(repository_scope(opts.mount_from, "pull"))
     return list(dict.fromkeys([*push, *pull]))
+
+
+def _survey(
+    client: RegistryClient,
+    plan: ImagePlan,
+    refs: Sequence[Reference],
+    opts: RegistryOptions,
+    cache: LayerCache | None,
+) -> tuple[dict[str, tuple[bytes, str, Digest] | None], dict[str, KnownLayer]]:
+    """What every tag holds now, and which planned layers the cache or the registry know."""
+    client.ping()
+    scopes = _push_scopes(refs, opts)
+    current = _current_manifests(client, refs, scopes)
+    known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
+    return current, known
 
 
 def _current_manifests(
