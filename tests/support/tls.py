@@ -86,19 +86,24 @@ def make_tls_files(
     return files
 
 
-def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ociforge throw-away test CA")])
-    usage = x509.KeyUsage(
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """Digital signatures, plus certificate and CRL signing for a CA."""
+    return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ociforge throw-away test CA")])
+    usage = _key_usage(signs_certificates=True)
     return (
         _builder(name, name, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -116,17 +121,7 @@ def _server_certificate(
     now: datetime.datetime,
 ) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ociforge test registry")])
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = _key_usage(signs_certificates=False)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         _builder(subject, ca_cert.subject, key.public_key(), now)

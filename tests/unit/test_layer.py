@@ -179,19 +179,6 @@ def test_memory_does_not_grow_with_layer_size(
     assert peak < 12 << 20, f"peak {peak} bytes while streaming a {size}-byte layer"
 
 
-@pytest.fixture
-def new_readers() -> Callable[[], list[threading.Thread]]:
-    """The prefetch threads started during this test (and still alive)."""
-    before = set(threading.enumerate())
-
-    def alive() -> list[threading.Thread]:
-        return [
-            t for t in threading.enumerate() if t.name == "ociforge-prefetch" and t not in before
-        ]
-
-    return alive
-
-
 @pytest.mark.parametrize("algorithm", ALL)
 def test_blob_is_identical_whatever_the_thread_count(
     store: tuple[str, list[str]], algorithm: Compression

@@ -47,19 +47,6 @@ def wait_for(condition: object, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def new_readers() -> Callable[[], list[threading.Thread]]:
-    """The prefetch threads started during this test (and still alive)."""
-    before = set(threading.enumerate())
-
-    def alive() -> list[threading.Thread]:
-        return [
-            t for t in threading.enumerate() if t.name == "ociforge-prefetch" and t not in before
-        ]
-
-    return alive
-
-
 def test_prefetch_yields_everything_in_order_from_another_thread(
     new_readers: Callable[[], list[threading.Thread]],
 ) -> None:
