@@ -229,17 +229,23 @@ def test_errors_from_the_tar_reach_the_caller_unchanged() -> None:
         assert info.value is error
 
 
+def _sparse_store_path(tmp_path: pathlib.Path, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A store dir holding one 256 MiB sparse file: a layer far longer than any read-ahead."""
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    big = store_dir / name
+    with open(big, "wb") as handle:
+        handle.truncate(256 << 20)
+    return store_dir, big
+
+
 @pytest.mark.parametrize("algorithm", ALL)
 def test_closing_early_stops_the_reader_and_closes_the_file(
     tmp_path: pathlib.Path,
     algorithm: Compression,
     new_readers: Callable[[], list[threading.Thread]],
 ) -> None:
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
-    big = store_dir / "ffff-big"
-    with open(big, "wb") as handle:
-        handle.truncate(256 << 20)
+    store_dir, big = _sparse_store_path(tmp_path, "ffff-big")
     before = _open_fds()
     recipe = StoreLayer([str(big)], str(store_dir), compression=CompressionOptions(algorithm))
     with recipe.open() as stream:
@@ -252,11 +258,7 @@ def test_closing_early_stops_the_reader_and_closes_the_file(
 def test_an_abandoned_stream_stops_its_reader(
     tmp_path: pathlib.Path, new_readers: Callable[[], list[threading.Thread]]
 ) -> None:
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
-    big = store_dir / "gggg-big"
-    with open(big, "wb") as handle:
-        handle.truncate(256 << 20)
+    store_dir, big = _sparse_store_path(tmp_path, "gggg-big")
     before = _open_fds()
     stream = StoreLayer([str(big)], str(store_dir)).open()
     next(stream)
