@@ -95,10 +95,10 @@ def test_image_repo_pipeline_publishes_three_tags_of_one_image(
     [builder] = [m for m in jobs["publish"]["parallel"]["matrix"] if m["IMAGE"] == "builder"]
     variables = {**jobs["variables"], **builder, "CI_PIPELINE_SOURCE": "schedule"}
     env = job_env(workdir, token_registry, **variables)
-    run_script(["date -u +%Y%m%d", *jobs[".publish"]["script"]], env, workdir)
-    date_tag = subprocess.run(
-        ["date", "-u", "+%Y%m%d"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    # The tag the script itself computed (no race with midnight).
+    out = run_script([*jobs[".publish"]["script"], 'echo "date-tag=$DATE_TAG"'], env, workdir)
+    date_tag = out.splitlines()[-1].removeprefix("date-tag=")
+    assert len(date_tag) == 8 and date_tag.isdigit()
     tags = [date_tag, COMMIT[:8], "latest"]
     digests = {
         inspect_digest(
