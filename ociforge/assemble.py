@@ -204,8 +204,7 @@ def _runtime(
 
 def _describe(entries: Sequence[TarEntry]) -> str:
     """What the customisation layer holds, for its history entry: its top-level names."""
-    tops = sorted({e.name.split("/")[1] for e in entries if e.name.count("/") >= 1})
-    return "/" + ", /".join(tops) if tops else "(empty)"
+    return ", ".join(sorted({"/" + e.name.split("/")[1] for e in entries}))
 
 
 def _check_format(options: ImageOptions) -> None:

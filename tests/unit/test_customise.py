@@ -136,6 +136,8 @@ def test_the_users_settings_win_over_the_sources(store: Path) -> None:
     assert plan.runtime.env["A"] == "mine" and plan.runtime.env["PATH"] == "/custom"
     assert plan.runtime.env["HOME"] == "/root"  # essentials' HOME: the user did not set one
     assert plan.runtime.user == "1000"
+    # The history names what the last layer holds, not just "customisation".
+    assert plan.layers[-1].comment == "customisation: /bin, /etc, /root, /tmp, /usr, /var"
 
 
 def test_an_explicit_entrypoint_conflicts_with_the_hook(store: Path) -> None:
