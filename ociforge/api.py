@@ -155,9 +155,10 @@ def build(
     parsed = parse_target(target) if isinstance(target, str) else target
     opts = options or ImageOptions()
     if isinstance(parsed, DockerArchiveTarget):
-        # docker load wants plain tar layers and Docker media types.
+        # docker load wants plain tar layers and Docker media types, and Docker manifests
+        # carry no annotations (the ones GitLab CI adds by itself included).
         opts = dataclasses.replace(
-            opts, format="docker", compression=CompressionOptions(Compression.NONE)
+            opts, format="docker", compression=CompressionOptions(Compression.NONE), annotations={}
         )
     plan = _plan(
         installable, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event
@@ -230,7 +231,7 @@ def preview(
     reg = _checked(registry)
     opts = options or ImageOptions()
     plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
-    return preview_push(plan, refs, reg)
+    return preview_push(plan, refs, reg, on_event)
 
 
 def _checked(registry: RegistryOptions | None) -> RegistryOptions:

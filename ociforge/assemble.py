@@ -19,7 +19,13 @@ from ociforge.customise import ImageSource, customise
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.essentials import EssentialsOptions
-from ociforge.image.config import RuntimeConfig, build_config, platform_for_system
+from ociforge.image.config import (
+    EPOCH_PLUS_ONE,
+    RuntimeConfig,
+    build_config,
+    check_runtime,
+    platform_for_system,
+)
 from ociforge.image.media import (
     ImageFormat,
     config_media_type,
@@ -34,7 +40,6 @@ from ociforge.tarstream import TarEntry, TarOptions
 if TYPE_CHECKING:  # pydantic models: imported where an image is serialised
     from ociforge.image.models import Descriptor
 
-EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
 # Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
 FINGERPRINT_FORMAT = 1
 
@@ -139,6 +144,7 @@ def plan_image(
     """Group the closure into layers; the last one links the roots into ``/`` and holds the
     essentials, added files and the dev shell's entrypoint."""
     _check_format(options)
+    check_runtime(options.runtime, options.created)
     if isinstance(source, Closure):
         source = ImageSource(source)
     closure = source.closure

@@ -23,12 +23,18 @@ import click
 
 from ociforge.annotations import ci_annotations, merge_annotations, parse_annotation_items
 from ociforge.api import BuildResult, build, preview, push
-from ociforge.assemble import EPOCH_PLUS_ONE, ImageOptions
+from ociforge.assemble import ImageOptions
 from ociforge.cache import default_cache_dir
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
 from ociforge.essentials import EssentialsOptions
-from ociforge.image import RuntimeConfig, parse_env_items
+from ociforge.image import (
+    EPOCH_PLUS_ONE,
+    RuntimeConfig,
+    check_created,
+    check_runtime,
+    parse_env_items,
+)
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
 from ociforge.pushing import PushPreview, PushResult, RegistryOptions
@@ -227,10 +233,9 @@ def _created(value: str) -> str:
     if value == "now":
         return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise UsageError(f"--created: {value!r} is not an RFC 3339 time or 'now'") from exc
-    return value
+        return check_created(value)
+    except UsageError:
+        raise UsageError(f"--created: {value!r} is not an RFC 3339 time or 'now'") from None
 
 
 def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
@@ -245,6 +250,8 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         exposed_ports=tuple(kw["expose"]),
         volumes=tuple(kw["volume"]),
     )
+    created = _created(kw["created"])
+    check_runtime(runtime, created)  # before nix builds anything
     return ImageOptions(
         format=kw["image_format"],
         strategy=kw["strategy"],
@@ -252,7 +259,7 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         compression=CompressionOptions(Compression(kw["compression"]), kw["compression_level"]),
         tar=TarOptions(mtime=kw["mtime"], relative_names=kw["relative_names"]),
         runtime=runtime,
-        created=_created(kw["created"]),
+        created=created,
         architecture=kw["arch"],
         os=kw["os_name"],
         variant=kw["variant"],

@@ -213,11 +213,15 @@ def _push_layers(
         results = upload_all(client, repo, jobs, max_workers=opts.jobs, chunk_size=opts.chunk_size)
     except DigestMismatchError:
         # A known digest that the layer does not reproduce: the knowledge was stale. Forget it
-        # and push again trusting only what the streams compute.
-        for key in streams.keys() & known.keys():
+        # and push again trusting only what the streams compute. A mismatch without stale
+        # knowledge (the registry names the blob otherwise) would only repeat: it is final.
+        stale = streams.keys() & known.keys()
+        if not stale:
+            raise
+        for key in stale:
             if cache is not None:
                 cache.forget(key)
-        fresh = {k: v for k, v in known.items() if k not in streams}
+        fresh = {k: v for k, v in known.items() if k not in stale}
         return _push_layers(client, plan, repo, fresh, cache=cache, opts=opts)
     facts: list[LayerFacts] = []
     for layer in plan.layers:

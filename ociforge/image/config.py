@@ -116,6 +116,14 @@ def check_created(created: str) -> str:
     return created
 
 
+def check_runtime(runtime: RuntimeConfig, created: str) -> None:
+    """UsageError for anything :func:`build_config` would refuse; call it before any work, so
+    a typo in ``--expose`` or ``--created`` does not wait until every layer is written."""
+    _check_runtime(runtime)
+    parse_port_items(runtime.exposed_ports)
+    check_created(created)
+
+
 def _check_runtime(runtime: RuntimeConfig) -> None:
     # pydantic would refuse these too, but with a message no user should have to read.
     for key in runtime.env:

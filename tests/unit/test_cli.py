@@ -44,6 +44,10 @@ def test_bad_sizes(text: str) -> None:
         (["build", "x", "oci:/tmp/o", "--cmd", "'unbalanced"], "--cmd"),
         (["build", "x", "oci:/tmp/o", "--created", "yesterday"], "--created"),
         (["build", "x", "oci:/tmp/o", "--label", "nolabel"], "--label"),
+        # Exit 2, not nix's 3: runtime settings are checked before nix evaluates "x".
+        (["build", "x", "oci:/tmp/o", "--created", "2024-05-01"], "--created"),
+        (["build", "x", "oci:/tmp/o", "--expose", "http"], "--expose"),
+        (["build", "x", "oci:/tmp/o", "--workdir", "relative"], "working directory"),
         (["build", "x", "oci:/tmp/o", "--annotation", "novalue"], "--annotation"),
         (["build", "x", "oci:/tmp/o", "--add", "relative"], "--add"),
         (["build", "x", "oci:/tmp/o", "--user", "Bad User"], "--user"),
