@@ -109,9 +109,9 @@ def compress_chunks(
     in flight. Chunks that are not ``bytes`` are copied, so a caller may reuse its buffer.
     """
     workers = check_threads(threads)
-    if options.algorithm is Compression.NONE:
+    level = options.effective_level
+    if level is None:  # Compression.NONE
         return iter(chunks)
-    level = options.level if options.level is not None else _LEVELS[options.algorithm][2]
     return _ENCODERS[options.algorithm](chunks, level, workers)
 
 

@@ -60,7 +60,6 @@ class LayerStream:
         threads: int | None = None,
     ) -> None:
         threads = check_threads(threads)  # a bad count fails here, not at the first chunk
-        self._source = tar_chunks
         self._box: list[LayerDigests] = []  # the pipeline's result; not `self`: no ref cycle
         tar = HashingCounter()
         self._tar = Prefetch(_hashed(tar_chunks, tar), depth=_READ_AHEAD)
@@ -92,9 +91,7 @@ class LayerStream:
     def close(self) -> None:
         """Stop early: stops the reading thread and closes the tar generator (its open file)."""
         self._chunks.close()
-        self._tar.close()
-        if isinstance(self._source, Generator):  # never started, or already closed: a no-op
-            self._source.close()
+        self._tar.close()  # a tar generator that never started holds no open file
 
     def __enter__(self) -> LayerStream:
         return self

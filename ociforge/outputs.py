@@ -112,7 +112,7 @@ def _write_archive(
         size = layer.recipe.tar_size()
         on_event(BlobStarted(key, size, layer.comment))
         stream = layer.recipe.open()
-        writer.add_layer(_reporting(stream, key, on_event), size)
+        writer.add_layer(_reporting(stream, key, on_event), size, hashed=_diff_id_of(stream))
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
     built = plan.finish(results)
@@ -123,6 +123,10 @@ def _write_archive(
 
 def _hashed_by(stream: LayerStream) -> Callable[[], tuple[Digest, int]]:
     return lambda: (stream.digest, stream.size)
+
+
+def _diff_id_of(stream: LayerStream) -> Callable[[], Digest]:
+    return lambda: stream.result.diff_id
 
 
 def _reporting(chunks: Iterable[bytes], key: str, on_event: ProgressCallback) -> Iterator[bytes]:

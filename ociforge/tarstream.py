@@ -62,7 +62,7 @@ class _Dir:
     names (with a slash for directories) are plain, and its fd (None deep down the tree:
     entries are then opened by full path, so the number of open fds stays bounded)."""
 
-    __slots__ = ("entries", "fd", "path", "plain")
+    __slots__ = ("entries", "fd", "plain")
 
     def __init__(self, fd: int | None, path: bytes, entries: list[os.DirEntry[bytes]], cut: int):
         names = [entry.name for entry in entries]
@@ -71,7 +71,6 @@ class _Dir:
             entries.sort(key=lambda entry: _decode(entry.name))
         longest = max(map(len, names), default=0)
         self.fd = fd
-        self.path = path
         self.entries = iter(entries)
         self.plain = ascii_names and path.isascii() and len(path) - cut + longest + 2 <= 100
 
