@@ -425,8 +425,6 @@ def _registry_options(kw: dict[str, Any]) -> RegistryOptions:
         raise UsageError(
             "--username needs --password-stdin (passwords never go on the command line)"
         )
-    if kw["jobs"] < 1:
-        raise UsageError("--jobs must be at least 1")
     return RegistryOptions(
         credentials=creds,
         insecure=True if kw["insecure"] else None,

@@ -63,6 +63,15 @@ class RegistryOptions:
     cache_dir: str | None = field(default_factory=lambda: str(default_cache_dir()))
     cache_from: tuple[Reference, ...] = ()  # more images (same registry) to reuse layers from
 
+    def __post_init__(self) -> None:
+        # Checked here, for API callers too, before nix builds anything.
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {self.jobs!r}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be positive, got {self.chunk_size!r}")
+        if self.retries < 0:
+            raise UsageError(f"retries must not be negative, got {self.retries!r}")
+
 
 @dataclass(frozen=True)
 class PushedBlob:

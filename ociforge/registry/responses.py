@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import re
+import time
 from collections.abc import Container
 
 import httpx
@@ -112,7 +113,7 @@ def check_response(
     *,
     expect: Container[int] | None = None,
     auth_hint: str = "",
-    now: float = 0.0,
+    now: float | None = None,
 ) -> None:
     """Raise the RegistryError for ``response`` unless its status is expected (default: 2xx)."""
     ok = response.is_success if expect is None else response.status_code in expect
@@ -121,8 +122,10 @@ def check_response(
 
 
 def error_from_response(
-    response: httpx.Response, *, auth_hint: str = "", now: float = 0.0
+    response: httpx.Response, *, auth_hint: str = "", now: float | None = None
 ) -> RegistryError:
+    """``now`` (default: the clock) turns an HTTP-date ``Retry-After`` into a wait."""
+    now = time.time() if now is None else now
     request = response.request
     status = response.status_code
     codes, detail = _describe_body(response)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import email.utils
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from ociforge.registry.credentials import Credentials
 from ociforge.registry.responses import (
     check_response,
     error_from_exception,
+    error_from_response,
     parse_retry_after,
     redact_url,
 )
@@ -432,3 +434,13 @@ def test_credentials_only_go_to_the_registry_origin() -> None:
         client.request("GET", "/v2/")
         client.request("PATCH", httpx.URL("https://storage.example.net/upload"), content=b"x")
     assert seen == {"registry.example.com": "Bearer rt-secret", "storage.example.net": None}
+
+
+def test_an_http_date_retry_after_is_read_against_the_clock() -> None:
+    """Callers that do not pass ``now`` (the streamed-401 path) must not read a date as 56
+    years away."""
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    request = httpx.Request("POST", "https://registry.example.com/v2/r/blobs/uploads/")
+    response = httpx.Response(503, headers={"Retry-After": soon}, request=request)
+    wait = error_from_response(response).retry_after
+    assert wait is not None and 20 < wait <= 31
