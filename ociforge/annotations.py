@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ociforge.errors import UsageError
+from ociforge.image.config import parse_env_items
 
 __all__ = ["CI_ANNOTATIONS", "ci_annotations", "merge_annotations", "parse_annotation_items"]
 
@@ -29,14 +29,7 @@ def ci_annotations(environ: Mapping[str, str]) -> dict[str, str]:
 
 def parse_annotation_items(items: Sequence[str]) -> dict[str, str]:
     """``["K=V", ...]`` -> mapping; an empty value (``K=``) asks to drop an automatic one."""
-    result: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(c.isspace() for c in key):
-            raise UsageError(f"invalid --annotation {item!r}: expected KEY=VALUE")
-        result[key] = value
-    return result
+    return parse_env_items(items, option="--annotation")
 
 
 def merge_annotations(automatic: Mapping[str, str], explicit: Mapping[str, str]) -> dict[str, str]:

@@ -97,7 +97,9 @@ def customise(
         warnings = found.warnings
     entrypoint = None
     if source.devenv is not None:
-        shell_env, hook = _shell(source.devenv, closure, opts, entrypoint_hook)
+        shell_env, hook = _shell(
+            source.devenv, closure, opts or EssentialsOptions(), entrypoint_hook
+        )
         env.update(shell_env)
         if hook is not None:
             extra.append(hook)
@@ -111,15 +113,14 @@ def customise(
 
 
 def _shell(
-    devenv: DevEnv, closure: Closure, opts: EssentialsOptions | None, entrypoint_hook: bool
+    devenv: DevEnv, closure: Closure, opts: EssentialsOptions, entrypoint_hook: bool
 ) -> tuple[dict[str, str], TarEntry | None]:
     """The shell's variables for ``Env``, and the entrypoint running its hook if asked for."""
     # Imported here: only dev shell images pay for them.
     from ociforge.devshell import entrypoint_entry, image_env  # noqa: PLC0415
 
-    user = opts.user if opts is not None else None
-    home = parse_user(user, home=opts.home if opts is not None else None).home
-    env = image_env(devenv, home=home, user=user, store_dir=closure.store_dir)
+    home = parse_user(opts.user, home=opts.home).home
+    env = image_env(devenv, home=home, user=opts.user, store_dir=closure.store_dir)
     if not entrypoint_hook:
         return env, None
     bash = find_program(ordered_store_paths(closure.roots, closure.paths), ("bash",))
