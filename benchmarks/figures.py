@@ -305,9 +305,24 @@ def push_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
     ]
 
 
+def warm_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
+    """Only the start-up and warm-push figures of ``push`` (their setup still pushes the closure
+    once, unrecorded): about a minute at full scale, for work on the warm path. The table has
+    no cold push to read them against; the ``push`` set has."""
+    closure = ctx.closure("realistic", ctx.scale)
+    warm = stack.enter_context(loopback_registry(ctx.workdir / "registry-warm"))
+    return [
+        startup_figure(ctx, closure),
+        warm_figure(ctx, warm, closure, fresh_runner=False),
+        warm_figure(ctx, warm, closure, fresh_runner=True),
+    ]
+
+
 FigureSet = Callable[[BenchContext, ExitStack], list[Figure]]
 FIGURE_SETS: dict[str, FigureSet] = {
     "build": build_figures,
     "linearity": linearity_figures,
     "push": push_figures,
+    "warm": warm_figures,
 }
+DEFAULT_SETS = ("build", "linearity", "push")  # warm's figures are part of push

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.closure_gen import GenerationError
-from benchmarks.figures import FIGURE_SETS, BenchContext, ClosureInfo, Figure
+from benchmarks.figures import DEFAULT_SETS, FIGURE_SETS, BenchContext, ClosureInfo, Figure
 from benchmarks.measure import Command, MeasureError, Sample, Summary, run_measured
 
 log = logging.getLogger("benchmarks.run")
@@ -312,7 +312,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scale", type=float, help="closure scale (default 1, or 0.1 with --quick)"
     )
     parser.add_argument(
-        "--sets", default=",".join(FIGURE_SETS), help=f"comma-separated: {', '.join(FIGURE_SETS)}"
+        "--sets",
+        default=",".join(DEFAULT_SETS),
+        help=f"comma-separated: {', '.join(FIGURE_SETS)} (default: {','.join(DEFAULT_SETS)})",
     )
     parser.add_argument(
         "--no-warmup",
