@@ -208,8 +208,9 @@ def push(
     if layout is not None:
         return push_layout(layout.directory, layout.tag, refs, reg, on_event)
     opts = options or ImageOptions()
-    plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
-    return push_plan(plan, refs, reg, on_event)
+    loading = _Loading(devshell, tuple(contents), closure_json, nix)
+    # Made while the registry is asked what the tags hold: nix and the round trips overlap.
+    return push_plan(lambda: _plan(source, opts, loading, on_event), refs, reg, on_event)
 
 
 def preview(
@@ -230,8 +231,8 @@ def preview(
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
     reg = _checked(registry)
     opts = options or ImageOptions()
-    plan = _plan(source, opts, _Loading(devshell, tuple(contents), closure_json, nix), on_event)
-    return preview_push(plan, refs, reg, on_event)
+    loading = _Loading(devshell, tuple(contents), closure_json, nix)
+    return preview_push(lambda: _plan(source, opts, loading, on_event), refs, reg, on_event)
 
 
 def _checked(registry: RegistryOptions | None) -> RegistryOptions:

@@ -25,6 +25,7 @@ from ociforge.image.config import (
     build_config,
     check_runtime,
     platform_for_system,
+    runtime_identity,
 )
 from ociforge.image.media import (
     ImageFormat,
@@ -41,7 +42,10 @@ if TYPE_CHECKING:  # pydantic models: imported where an image is serialised
     from ociforge.image.models import Descriptor
 
 # Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
-FINGERPRINT_FORMAT = 1
+FINGERPRINT_FORMAT = 2
+# OCI manifests carry their plan's fingerprint: a push on a fresh runner that finds it on the
+# tag knows the tag is up to date without serialising anything (or loading pydantic).
+FINGERPRINT_ANNOTATION = "dev.ociforge.image.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -99,18 +103,23 @@ class ImagePlan:
     def fingerprint(self, results: Sequence[LayerFacts]) -> str:
         """``sha256:<hex>`` over everything :meth:`finish` reads, without building anything.
 
-        Equal fingerprints give equal manifests, so a push can recognise an image it pushed
-        before from its local cache, without loading the models that serialise it. Built from
-        ``repr`` of the options, so a field added to them later counts without a change here.
+        Equal fingerprints give equal manifests: OCI manifests carry it (as
+        :data:`FINGERPRINT_ANNOTATION`) and the local cache maps it to the manifest's digest,
+        so a push recognises an image pushed before without loading the models that serialise
+        it. Being part of the manifest, it depends on nothing the image does not: not on host
+        paths in the options (``--add``, ``--ca-bundle``: the layer keys cover their content),
+        not on how the closure was read, not on the order of flags the JSON sorts.
         """
+        opts = self.options
         identity = repr(
             (
                 FINGERPRINT_FORMAT,
-                self.options,
-                self.runtime,
+                opts.format,
+                opts.created,
+                sorted(opts.annotations.items()),
+                runtime_identity(self.runtime),
                 self.default_path,
-                self.closure.system,
-                self.host_system,
+                _platform(self),
                 [(layer.key, layer.comment, layer.media_type) for layer in self.layers],
                 [(str(r.diff_id), str(r.digest), r.size) for r in results],
             )
@@ -255,8 +264,12 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     config_bytes = canonical_json(config)
     cfg_type = config_media_type(opts.format)
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
-    # even on a fresh runner, recognises unchanged layers from the manifest alone.
+    # even on a fresh runner, recognises unchanged layers from the manifest alone, and the
+    # manifest carries the fingerprint of everything it was made from.
     oci = opts.format == "oci"
+    annotations = dict(opts.annotations)
+    if oci:
+        annotations[FINGERPRINT_ANNOTATION] = plan.fingerprint(results)
     layers = tuple(
         Descriptor(
             mediaType=layer.media_type,
@@ -273,7 +286,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
             mediaType=cfg_type, digest=str(Digest.of(config_bytes)), size=len(config_bytes)
         ),
         layers=list(layers),
-        annotations=dict(opts.annotations) if opts.annotations else None,
+        annotations=annotations or None,
     )
     return BuiltImage(
         config=config_bytes,

@@ -20,12 +20,13 @@ from typing import Generic, TypeVar, cast
 
 from ociforge.errors import UsageError
 
-__all__ = ["Prefetch", "check_threads", "cpu_count", "ordered_map"]
+__all__ = ["Background", "Prefetch", "check_threads", "cpu_count", "ordered_map"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_co = TypeVar("T_co", covariant=True)
 
 _ITEM, _END, _ERROR = 0, 1, 2
 
@@ -134,6 +135,35 @@ def _produce(source: Iterator[object], channel: _Channel) -> None:
             message = (_ERROR, exc)
     if message is not None:
         channel.queue.put(message)
+
+
+class Background(Generic[T_co]):
+    """``fn()`` in a daemon thread, started now; :meth:`result` waits for it.
+
+    ``failed`` is set as soon as ``fn`` raises, so work done meanwhile in the caller's thread
+    can stop early (see ``RegistryClient.request``'s ``cancel``). The exception reaches the
+    caller of :meth:`result` unchanged (same object).
+    """
+
+    def __init__(self, fn: Callable[[], T_co], *, name: str) -> None:
+        self.failed = threading.Event()
+        self._outcome: tuple[bool, object] = (False, None)
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], T_co]) -> None:
+        try:
+            self._outcome = (True, fn())
+        except BaseException as exc:  # handed to the caller of result()
+            self._outcome = (False, exc)
+            self.failed.set()
+
+    def result(self) -> T_co:
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise cast(BaseException, value)
+        return cast(T_co, value)
 
 
 class Prefetch(Generic[T]):

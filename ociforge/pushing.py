@@ -12,17 +12,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ociforge.assemble import ImagePlan, LayerFacts
+from ociforge.assemble import FINGERPRINT_ANNOTATION, ImagePlan, LayerFacts
 from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
-from ociforge.errors import DigestMismatchError, UsageError
+from ociforge.errors import DigestMismatchError, ImageError, UsageError
 from ociforge.events import ProgressCallback, ignore_event
+from ociforge.image.summary import summarise_manifest
 from ociforge.layer import LayerStream
-from ociforge.pipeline import cpu_count
+from ociforge.pipeline import Background, cpu_count
 from ociforge.reference import Reference
 from ociforge.registry import (
     BlobJob,
@@ -118,8 +120,12 @@ def open_client(registry: str, opts: RegistryOptions, on_event: ProgressCallback
     )
 
 
+PlanSource = ImagePlan | Callable[[], ImagePlan]
+Tags = dict[tuple[str, str], tuple[bytes, str, Digest] | None]  # (repo, tag) -> its manifest
+
+
 def push_plan(
-    plan: ImagePlan,
+    plan: PlanSource,
     refs: Sequence[Reference],
     opts: RegistryOptions,
     on_event: ProgressCallback = ignore_event,
@@ -128,30 +134,24 @@ def push_plan(
 
     Layers whose key the cache or a previous manifest knows are only checked (HEAD) or
     mounted; if every layer is known and every tag already holds the resulting manifest,
-    nothing is uploaded at all ("up to date").
+    nothing is uploaded at all ("up to date"). ``plan`` may be a function that makes it (reads
+    the closure with nix): it runs while the registry is asked what the tags hold.
     """
     check_same_registry([*refs, *opts.cache_from])
     started = time.monotonic()
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
-    with open_client(refs[0].registry, opts, on_event) as client:
-        current, known = _survey(client, plan, refs, opts, cache)
-        if all(layer.key in known for layer in plan.layers):
-            digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
-            if _all_tagged(refs, current, digest):
-                blobs = [_known_blob(known[layer.key], "skipped") for layer in plan.layers]
-                return PushResult(
-                    _tagged(refs),
-                    str(digest),
-                    tuple(blobs),
-                    time.monotonic() - started,
-                    up_to_date=True,
-                )
+    with _surveyed(plan, refs, opts, cache, on_event) as (client, made, current, known):
+        digest = _held_by_every_tag(made, known, refs, current, cache)
+        if digest is not None:
+            blobs = [_known_blob(known[layer.key], "skipped") for layer in made.layers]
+            seconds = time.monotonic() - started
+            return PushResult(_tagged(refs), str(digest), tuple(blobs), seconds, up_to_date=True)
         results, facts = _push_layers(
-            client, plan, refs[0].repository, known, cache=cache, opts=opts
+            client, made, refs[0].repository, known, cache=cache, opts=opts
         )
-        built = plan.finish(facts)
+        built = made.finish(facts)
         if cache is not None:
-            cache.remember_manifest(plan.fingerprint(facts), Digest.of(built.manifest))
+            cache.remember_manifest(made.fingerprint(facts), Digest.of(built.manifest))
         blobs = [_pushed(r, d.media_type) for r, d in zip(results, built.layers, strict=True)]
         blobs += _copy_to_other_repos(client, refs, built.layers, opts)
         manifest_digest = _tag_all(
@@ -170,7 +170,7 @@ class PushPreview:
 
 
 def preview_push(
-    plan: ImagePlan,
+    plan: PlanSource,
     refs: Sequence[Reference],
     opts: RegistryOptions,
     on_event: ProgressCallback = ignore_event,
@@ -178,15 +178,38 @@ def preview_push(
     """Everything ``push_plan`` would decide, with HEAD requests only: nothing is uploaded."""
     check_same_registry([*refs, *opts.cache_from])
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
-    with open_client(refs[0].registry, opts, on_event) as client:
-        current, known = _survey(client, plan, refs, opts, cache)
-        up_to_date = False
-        if all(layer.key in known for layer in plan.layers):
-            digest = _manifest_digest(plan, [known[layer.key] for layer in plan.layers], cache)
-            up_to_date = _all_tagged(refs, current, digest)
+    with _surveyed(plan, refs, opts, cache, on_event) as (client, made, current, known):
+        up_to_date = _held_by_every_tag(made, known, refs, current, cache) is not None
         repo = refs[0].repository
-        rows = preview_layers(client, plan, repo, known, _mount_source(opts, repo))
+        rows = preview_layers(client, made, repo, known, _mount_source(opts, repo))
     return PushPreview(_tagged(refs), tuple(rows), up_to_date)
+
+
+@contextmanager
+def _surveyed(
+    plan: PlanSource,
+    refs: Sequence[Reference],
+    opts: RegistryOptions,
+    cache: LayerCache | None,
+    on_event: ProgressCallback,
+) -> Iterator[tuple[RegistryClient, ImagePlan, Tags, dict[str, KnownLayer]]]:
+    """An open client, the plan, what the tags hold now, and which layers are known.
+
+    A plan to make (nix evaluating, building, listing the closure) is made in a thread while
+    the client starts (credentials, HTTP stack) and asks the registry what the tags hold: nix
+    and those round trips overlap. If the plan fails, the registry requests stop at the next
+    one and the plan's error is raised; if they fail, their error is raised once the plan is
+    made. Either way a nix error comes first, as it did when nix ran before any request.
+    """
+    planning = Background(plan if callable(plan) else lambda: plan, name="ociforge-plan")
+    scopes = _push_scopes(refs, opts)
+    with ExitStack() as stack:
+        with plan_errors_first(planning):
+            client = stack.enter_context(open_client(refs[0].registry, opts, on_event))
+            current = _tags(client, refs, scopes, planning.failed)
+        made = planning.result()
+        sources = _sources(client, current, opts, scopes)
+        yield client, made, current, known_layers(made, cache, client, sources, scopes)
 
 
 def _push_layers(
@@ -257,43 +280,42 @@ def _push_scopes(refs: Sequence[Reference], opts: RegistryOptions) -> list[str]:
     return list(dict.fromkeys([*push, *pull]))
 
 
-def _survey(
+@contextmanager
+def plan_errors_first(planning: Background[object]) -> Iterator[None]:
+    """An error raised inside is raised once the plan is made, and replaced by the plan's own
+    error if the plan failed (the inside stops early then: ``planning.failed`` is its cancel)."""
+    try:
+        yield
+    except Exception:
+        planning.result()
+        raise
+
+
+def _tags(
     client: RegistryClient,
-    plan: ImagePlan,
     refs: Sequence[Reference],
-    opts: RegistryOptions,
-    cache: LayerCache | None,
-) -> tuple[dict[str, tuple[bytes, str, Digest] | None], dict[str, KnownLayer]]:
-    """What every tag holds now, and which planned layers the cache or the registry know."""
-    client.ping()
-    scopes = _push_scopes(refs, opts)
-    current = _current_manifests(client, refs, scopes)
-    known = known_layers(plan, cache, client, _sources(client, current, opts, scopes), scopes)
-    return current, known
-
-
-def _current_manifests(
-    client: RegistryClient, refs: Sequence[Reference], scopes: Sequence[str]
-) -> dict[str, tuple[bytes, str, Digest] | None]:
-    """What each destination tag points to now (``name:tag`` -> manifest or None)."""
-    current: dict[str, tuple[bytes, str, Digest] | None] = {}
+    scopes: Sequence[str],
+    cancel: threading.Event,
+) -> Tags:
+    """What each destination tag points to now (None: no such tag)."""
+    client.ping(cancel=cancel)
+    current: Tags = {}
     for ref in refs:
-        name = f"{ref.name}:{ref.manifest_ref}"
-        if name not in current:
-            current[name] = get_manifest(client, ref.repository, ref.manifest_ref, scopes=scopes)
+        tag = (ref.repository, ref.manifest_ref)
+        if tag not in current:
+            current[tag] = get_manifest(
+                client, ref.repository, ref.manifest_ref, scopes=scopes, cancel=cancel
+            )
     return current
 
 
 def _sources(
-    client: RegistryClient,
-    current: Mapping[str, tuple[bytes, str, Digest] | None],
-    opts: RegistryOptions,
-    scopes: Sequence[str],
+    client: RegistryClient, current: Tags, opts: RegistryOptions, scopes: Sequence[str]
 ) -> Iterator[tuple[str, bytes, str]]:
     """Manifests to learn layers from: the destinations' current ones, then --cache-from."""
-    for name, found in current.items():
+    for (repo, _), found in current.items():
         if found is not None:
-            yield name.split("/", 1)[1].rsplit(":", 1)[0], found[0], found[1]
+            yield repo, found[0], found[1]
     for ref in opts.cache_from:
         found = get_manifest(client, ref.repository, ref.manifest_ref, scopes=scopes)
         if found is not None:
@@ -307,29 +329,39 @@ def _mount_source(opts: RegistryOptions, repo: str) -> str | None:
     return None
 
 
-def _manifest_digest(
-    plan: ImagePlan, facts: Sequence[LayerFacts], cache: LayerCache | None
-) -> Digest:
-    """The digest of the manifest ``plan.finish(facts)`` gives, from the cache when it knows."""
-    fingerprint = plan.fingerprint(facts)
-    known = cache.manifest_digest(fingerprint) if cache is not None else None
-    if known is not None:
-        return known
-    digest = Digest.of(plan.finish(facts).manifest)
-    if cache is not None:
-        cache.remember_manifest(fingerprint, digest)
-    return digest
-
-
-def _all_tagged(
+def _held_by_every_tag(
+    plan: ImagePlan,
+    known: Mapping[str, KnownLayer],
     refs: Sequence[Reference],
-    current: Mapping[str, tuple[bytes, str, Digest] | None],
-    digest: Digest,
-) -> bool:
-    return all(
-        (found := current.get(f"{r.name}:{r.manifest_ref}")) is not None and found[2] == digest
-        for r in refs
-    )
+    current: Tags,
+    cache: LayerCache | None,
+) -> Digest | None:
+    """The manifest digest every tag already holds, if every layer is ``known`` and that
+    manifest is the one the plan gives; else None. Recognised, cheapest first, by the
+    fingerprint in the tags' manifests (OCI), by the local cache's record of the fingerprint's
+    manifest digest, or by serialising the manifest."""
+    held = [current.get((r.repository, r.manifest_ref)) for r in refs]
+    if any(found is None for found in held) or not all(layer.key in known for layer in plan.layers):
+        return None
+    facts = [known[layer.key] for layer in plan.layers]
+    found_digests = [found[2] for found in held if found is not None]
+    fingerprint = plan.fingerprint(facts)
+    if all(_fingerprint_of(found[0]) == fingerprint for found in held if found is not None):
+        return found_digests[0]
+    remembered = cache.manifest_digest(fingerprint) if cache is not None else None
+    if remembered is not None and all(d == remembered for d in found_digests):
+        return remembered
+    digest = Digest.of(plan.finish(facts).manifest)  # no record, or one the tags contradict
+    if cache is not None and digest != remembered:
+        cache.remember_manifest(fingerprint, digest)
+    return digest if all(d == digest for d in found_digests) else None
+
+
+def _fingerprint_of(manifest: bytes) -> str | None:
+    try:
+        return summarise_manifest(manifest).annotations.get(FINGERPRINT_ANNOTATION)
+    except ImageError:
+        return None
 
 
 def _known_blob(layer: KnownLayer, outcome: str) -> PushedBlob:
@@ -446,7 +478,7 @@ def _tag_all(
     manifest: bytes,
     media_type: str,
     *,
-    current: Mapping[str, tuple[bytes, str, Digest] | None] | None = None,
+    current: Tags | None = None,
 ) -> str:
     """Config blob (when built here), then the manifest under every tag or digest asked for."""
     digest = Digest.of(manifest)
@@ -454,7 +486,7 @@ def _tag_all(
         if config is not None:
             upload_bytes(client, repo, config)
     for ref in refs:
-        found = (current or {}).get(f"{ref.name}:{ref.manifest_ref}")
+        found = (current or {}).get((ref.repository, ref.manifest_ref))
         if found is None or found[2] != digest:
             put_manifest(client, ref.repository, ref.manifest_ref, manifest, media_type)
     return str(digest)

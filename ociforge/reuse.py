@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from ociforge.assemble import ImagePlan
 from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
-from ociforge.digest import Digest
-from ociforge.errors import OciforgeError
+from ociforge.errors import ImageError
 from ociforge.image.media import IMAGE_MANIFEST_TYPES
+from ociforge.image.summary import config_diff_ids, summarise_manifest
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 
 log = logging.getLogger(__name__)
@@ -61,23 +61,22 @@ def _from_manifest(
     missing: set[str],
     scopes: Sequence[str],
 ) -> dict[str, KnownLayer]:
-    # pydantic: only a push that misses its local cache reads manifests and configs.
-    from ociforge.image.models import parse_image_config, parse_manifest  # noqa: PLC0415
-
     try:
-        manifest = parse_manifest(data)
-    except OciforgeError as exc:
+        manifest = summarise_manifest(data)
+    except ImageError as exc:
         log.debug("ignoring an unreadable manifest in %s: %s", repo, exc)
         return {}
-    annotated = [
-        (i, (d.annotations or {}).get(KEY_ANNOTATION)) for i, d in enumerate(manifest.layers)
-    ]
+    annotated = [(i, d.annotations.get(KEY_ANNOTATION)) for i, d in enumerate(manifest.layers)]
     if not any(key in missing for _, key in annotated):
         return {}
-    config_bytes = get_small_blob(client, repo, manifest.config.sha256, scopes=scopes)
+    config_bytes = get_small_blob(client, repo, manifest.config, scopes=scopes)
     if config_bytes is None:
         return {}
-    diff_ids = parse_image_config(config_bytes).rootfs.diff_ids
+    try:
+        diff_ids = config_diff_ids(config_bytes)
+    except ImageError as exc:
+        log.debug("ignoring a manifest of %s whose config is unreadable: %s", repo, exc)
+        return {}
     if len(diff_ids) != len(manifest.layers):
         log.debug("ignoring a manifest of %s whose config lists other layers", repo)
         return {}
@@ -85,7 +84,7 @@ def _from_manifest(
     for i, key in annotated:
         if key in missing:
             d = manifest.layers[i]
-            learned[key] = KnownLayer(Digest.parse(diff_ids[i]), d.sha256, d.size, d.media_type)
+            learned[key] = KnownLayer(diff_ids[i], d.digest, d.size, d.media_type)
     return learned
 
 

@@ -140,6 +140,22 @@ def _check_runtime(runtime: RuntimeConfig) -> None:
             raise UsageError(f"{what} must be a list of arguments, not the string {argv!r}")
 
 
+def runtime_identity(runtime: RuntimeConfig) -> tuple[object, ...]:
+    """What of ``runtime`` reaches the config's JSON, in a form as ordered as that JSON:
+    labels, ports and volumes are sorted there, ``Env`` keeps its order."""
+    return (
+        runtime.entrypoint,
+        runtime.cmd,
+        tuple(runtime.env.items()),
+        runtime.workdir,
+        runtime.user,
+        sorted(runtime.labels.items()),
+        sorted(set(parse_port_items(runtime.exposed_ports))),
+        sorted(set(runtime.volumes)),
+        runtime.stop_signal,
+    )
+
+
 def _container_config(runtime: RuntimeConfig, default_path: str | None) -> ContainerConfig:
     from ociforge.image.models import ContainerConfig  # noqa: PLC0415  (see TYPE_CHECKING)
 

@@ -108,13 +108,14 @@ class RegistryClient:
     def url(self, path: str) -> httpx.URL:
         return self.base_url.join(path)
 
-    def ping(self) -> None:
+    def ping(self, *, cancel: threading.Event | None = None) -> None:
         """``GET /v2/``: checks reachability and TLS, and that credentials (if any) work.
 
         Without credentials a 401 is fine: it only says which authentication the registry uses.
         """
         anonymous = self.auth.credentials is None
-        self.request("GET", "/v2/", expect=range(200, 300) if not anonymous else {200, 401})
+        expect = range(200, 300) if not anonymous else {200, 401}
+        self.request("GET", "/v2/", expect=expect, cancel=cancel)
 
     def request(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 from ociforge.digest import Digest
@@ -20,12 +21,18 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution 2.8.2's limit
 
 
 def get_manifest(
-    client: RegistryClient, repo: str, ref: str, *, scopes: Sequence[str] | None = None
+    client: RegistryClient,
+    repo: str,
+    ref: str,
+    *,
+    scopes: Sequence[str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[bytes, str, Digest] | None:
     """The manifest ``ref`` (tag or digest) of ``repo`` as (bytes, media type, digest), or None.
 
     ``scopes`` default to pull on ``repo``; a pusher passes its push scopes so that one token
-    serves the whole push (GitLab issues a token per scope set).
+    serves the whole push (GitLab issues a token per scope set). Once ``cancel`` is set, no
+    more requests (retries) are sent.
     """
     return _get_checked(
         client,
@@ -34,6 +41,7 @@ def get_manifest(
         what=f"manifest {ref} of {repo}",
         expected=ref if ref.startswith("sha256:") else None,
         headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        cancel=cancel,
     )
 
 
@@ -93,6 +101,7 @@ def _get_checked(
     expected: str | None,
     max_size: int = MAX_MANIFEST_BYTES,
     headers: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[bytes, str, Digest] | None:
     """GET a small document as (bytes, media type, digest), or None on 404.
 
@@ -100,7 +109,13 @@ def _get_checked(
     registry (or a proxy) sends instead must never become part of an image.
     """
     response = client.request(
-        "GET", path, scopes=scopes, headers=headers, expect={200, 404}, follow_redirects=True
+        "GET",
+        path,
+        scopes=scopes,
+        headers=headers,
+        expect={200, 404},
+        follow_redirects=True,
+        cancel=cancel,
     )
     if response.status_code == 404:
         return None

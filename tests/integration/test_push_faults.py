@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,18 @@ def test_wrong_basic_password_fails_with_exit_6(
     url = f"{basic_registry.url}/v2/{repo_name}/manifests/t"
     response = httpx.get(url, auth=(user, password), headers={"Accept": MANIFEST_TYPES})
     assert response.status_code == 404
+
+
+def test_a_nix_error_comes_before_a_registry_error(home: Path, tmp_path: Path) -> None:
+    """nix runs while the registry is first asked; a bad installable is still what the user
+    hears of (exit 3), not the unreachable registry, and the retries stop at once."""
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    missing = "/nix/store/" + "a" * 32 + "-missing"
+    run = ociforge("push", missing, f"127.0.0.1:{port}/app:t", env=cli_env(home))
+    assert run.code == 3, run.explain()
+    assert "is not valid" in run.one_line_error()
 
 
 # --- secrets never reach the output, not even with --debug -----------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ociforge.annotations import ci_annotations, merge_annotations, parse_annotation_items
-from ociforge.assemble import ImageOptions, plan_image
+from ociforge.assemble import FINGERPRINT_ANNOTATION, ImageOptions, plan_image
 from ociforge.customise import ImageSource, customise
 from ociforge.devshell import ENTRYPOINT
 from ociforge.digest import Digest
@@ -148,10 +149,10 @@ def test_an_explicit_entrypoint_conflicts_with_the_hook(store: Path) -> None:
         plan_image(source, options, host_system="x86_64-linux")
 
 
-def finished_manifest(source: ImageSource, options: ImageOptions) -> dict[str, object]:
+def finished_manifest(source: ImageSource, options: ImageOptions) -> dict[str, Any]:
     plan = plan_image(source, options, host_system="x86_64-linux")
     facts = [_Facts() for _ in plan.layers]
-    manifest: dict[str, object] = json.loads(plan.finish(facts).manifest)
+    manifest: dict[str, Any] = json.loads(plan.finish(facts).manifest)
     return manifest
 
 
@@ -164,8 +165,10 @@ def test_annotations_go_in_the_manifest_only(store: Path) -> None:
     source = ImageSource(closure_of(busybox(store)))
     plain = finished_manifest(source, ImageOptions())
     annotated = finished_manifest(source, ImageOptions(annotations={"a": "1"}))
-    assert "annotations" not in plain
-    assert annotated["annotations"] == {"a": "1"}
+    mark = FINGERPRINT_ANNOTATION
+    assert list(plain["annotations"]) == [mark]
+    assert annotated["annotations"] == {"a": "1", mark: annotated["annotations"][mark]}
+    assert annotated["annotations"][mark] != plain["annotations"][mark]
     assert annotated["config"] == plain["config"] and annotated["layers"] == plain["layers"]
 
 

@@ -1,0 +1,122 @@
+"""The pydantic-free readers a warm push uses: they agree with the models on what they read and
+refuse what the models refuse."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ociforge.digest import Digest
+from ociforge.errors import ImageError
+from ociforge.image import parse_image_config, parse_manifest
+from ociforge.image.summary import config_diff_ids, summarise_manifest
+
+CONFIG = "sha256:" + "c" * 64
+LAYER = "sha256:" + "1" * 64
+
+
+def manifest(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": CONFIG,
+            "size": 9,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": LAYER,
+                "size": 1234,
+                "annotations": {"dev.ociforge.layer.key": "k1"},
+            },
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": CONFIG, "size": 0},
+        ],
+        "annotations": {"dev.ociforge.image.fingerprint": "sha256:f", "org.x": "y"},
+        "futureField": {"ignored": True},
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_a_manifest_reads_as_the_models_read_it() -> None:
+    data = json.dumps(manifest()).encode()
+    summary, model = summarise_manifest(data), parse_manifest(data)
+    assert summary.config == model.config.sha256
+    assert summary.annotations == model.annotations
+    assert [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in summary.layers] == [
+        (d.sha256, d.size, d.media_type, d.annotations or {}) for d in model.layers
+    ]
+
+
+def test_a_docker_manifest_without_annotations_reads() -> None:
+    doc = manifest(mediaType="application/vnd.docker.distribution.manifest.v2+json")
+    del doc["annotations"]
+    summary = summarise_manifest(json.dumps(doc).encode())
+    assert summary.annotations == {} and summary.layers[1].annotations == {}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (manifest(schemaVersion=1), "schema 2"),
+        (manifest(mediaType="application/vnd.oci.image.index.v1+json"), "schema 2"),
+        (manifest(layers="x"), "no layers"),
+        (manifest(config=None), "config is not a descriptor"),
+        (manifest(layers=[{"mediaType": "m", "digest": LAYER, "size": -1}]), "size"),
+        (manifest(layers=[{"digest": LAYER, "size": 1}]), "mediaType"),
+        (manifest(layers=[{"mediaType": "m", "digest": LAYER + "0", "size": 1}]), "digest"),
+        (
+            manifest(
+                layers=[{"mediaType": "m", "digest": LAYER, "size": 1, "annotations": {"a": 1}}]
+            ),
+            "map of strings",
+        ),
+        (manifest(annotations=["a"]), "map of strings"),
+    ],
+)
+def test_what_is_not_a_manifest_is_refused(doc: bytes | dict[str, Any], message: str) -> None:
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    with pytest.raises(ImageError, match=message):
+        summarise_manifest(data)
+    with pytest.raises(ImageError):
+        parse_manifest(data)  # the models agree
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        manifest(config={"mediaType": "m", "digest": "md5:abc", "size": 1}),
+        manifest(layers=[{"mediaType": "m", "digest": LAYER, "size": True}]),
+    ],
+    ids=["not sha256", "bool size"],
+)
+def test_stricter_than_the_models_where_they_would_fail_later(doc: dict[str, Any]) -> None:
+    """A digest the models accept but ``Descriptor.sha256`` refuses; a size pydantic coerces."""
+    with pytest.raises(ImageError):
+        summarise_manifest(json.dumps(doc).encode())
+
+
+def test_config_diff_ids() -> None:
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [LAYER, CONFIG]},
+    }
+    data = json.dumps(config).encode()
+    assert config_diff_ids(data) == (Digest.parse(LAYER), Digest.parse(CONFIG))
+    assert [str(d) for d in config_diff_ids(data)] == parse_image_config(data).rootfs.diff_ids
+    broken_configs: list[dict[str, Any]] = [
+        {},
+        {"rootfs": []},
+        {"rootfs": {"diff_ids": "x"}},
+        {"rootfs": {"diff_ids": [1]}},
+    ]
+    for broken in broken_configs:
+        with pytest.raises(ImageError):
+            config_diff_ids(json.dumps(broken).encode())
