@@ -8,9 +8,10 @@ lives, progress reporting) is a keyword argument.
 from __future__ import annotations
 
 import dataclasses
-import platform
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
 from ociforge.compress import Compression, CompressionOptions
@@ -20,14 +21,6 @@ from ociforge.errors import UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.nix import Closure, closure_from_json_file, read_closure
 from ociforge.nix.closure import merge_closures
-from ociforge.outputs import (
-    DockerArchiveTarget,
-    OciTarget,
-    Target,
-    parse_target,
-    write_docker_archive,
-    write_oci,
-)
 from ociforge.pushing import (
     PushPreview,
     PushResult,
@@ -38,6 +31,9 @@ from ociforge.pushing import (
 )
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import check_ca_bundle
+
+if TYPE_CHECKING:
+    from ociforge.outputs import OciTarget, Target
 
 _HOST_SYSTEMS = {
     "x86_64": "x86_64-linux",
@@ -60,7 +56,7 @@ class BuildResult:
 
 def host_system() -> str:
     """The Nix system of this machine, the default platform when a closure does not say."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     return _HOST_SYSTEMS.get(machine, f"{machine}-linux")
 
 
@@ -152,6 +148,14 @@ def build(
                                 options=ociforge.ImageOptions(max_layers=60))
         print(result.manifest_digest)
     """
+    from ociforge.outputs import (  # noqa: PLC0415  (the image writers: not needed to push)
+        DockerArchiveTarget,
+        OciTarget,
+        parse_target,
+        write_docker_archive,
+        write_oci,
+    )
+
     parsed = parse_target(target) if isinstance(target, str) else target
     opts = options or ImageOptions()
     if isinstance(parsed, DockerArchiveTarget):
@@ -248,6 +252,8 @@ def _layout_source(source: Source) -> OciTarget | None:
         raise UsageError("push reads oci:DIR[:TAG] or an installable, not a docker-archive")
     if not (isinstance(source, str) and source.startswith("oci:")):
         return None
+    from ociforge.outputs import OciTarget, parse_target  # noqa: PLC0415  (see build)
+
     target = parse_target(source)
     if not isinstance(target, OciTarget):
         raise UsageError(f"cannot push from {source!r}: use oci:DIR[:TAG] or an installable")

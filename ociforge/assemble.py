@@ -71,6 +71,8 @@ class ImageOptions:
 
 @dataclass(frozen=True)
 class PlannedLayer:
+    """One layer of a plan: how to make its bytes, and what identifies them."""
+
     recipe: LayerRecipe
     comment: str
     media_type: str
@@ -135,6 +137,8 @@ class ImagePlan:
 
 @dataclass(frozen=True)
 class BuiltImage:
+    """A finished image's config and manifest bytes, and its layers' descriptors."""
+
     config: bytes
     config_media_type: str
     manifest: bytes

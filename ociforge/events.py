@@ -13,6 +13,8 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class BlobStarted:
+    """A blob (layer, config) begins: uploaded, written or checked."""
+
     key: str
     total: int | None  # bytes expected, when known (a streamed layer's size is not)
     description: str = ""
@@ -20,12 +22,16 @@ class BlobStarted:
 
 @dataclass(frozen=True)
 class BlobProgress:
+    """More bytes of a blob are done."""
+
     key: str
     delta: int  # bytes since the previous event for this key
 
 
 @dataclass(frozen=True)
 class BlobFinished:
+    """A blob is done, and how: its digest and size are final."""
+
     key: str
     outcome: Literal["uploaded", "skipped", "mounted", "written", "reused"]
     size: int
@@ -34,6 +40,8 @@ class BlobFinished:
 
 @dataclass(frozen=True)
 class BlobRetry:
+    """A request for a blob failed and is tried again."""
+
     key: str
     attempt: int
     reason: str  # already redacted
@@ -41,6 +49,8 @@ class BlobRetry:
 
 @dataclass(frozen=True)
 class Message:
+    """One line for the user (a warning, a retry note), already redacted."""
+
     text: str
 
 

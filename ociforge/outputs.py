@@ -26,6 +26,8 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 @dataclass(frozen=True)
 class OciTarget:
+    """``oci:DIR[:TAG]``: an OCI image layout directory."""
+
     directory: str
     tag: str | None = None  # None: "latest" when writing, "the only image" when reading
 
@@ -35,6 +37,8 @@ class OciTarget:
 
 @dataclass(frozen=True)
 class DockerArchiveTarget:
+    """``docker-archive:FILE[:NAME:TAG]``: a tarball for ``docker load``."""
+
     path: str  # "-" is stdout
     reference: str | None = None  # name:tag recorded in the archive (RepoTags)
 

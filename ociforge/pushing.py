@@ -77,6 +77,8 @@ class RegistryOptions:
 
 @dataclass(frozen=True)
 class PushedBlob:
+    """What a push did with one blob."""
+
     digest: str
     size: int
     outcome: str  # uploaded / skipped / mounted
@@ -85,6 +87,8 @@ class PushedBlob:
 
 @dataclass(frozen=True)
 class PushResult:
+    """What a push did: the tags, the manifest digest they hold, every blob's outcome."""
+
     references: tuple[str, ...]
     manifest_digest: str
     blobs: tuple[PushedBlob, ...]

@@ -150,6 +150,8 @@ def basic_header(credentials: Credentials) -> str:
 
 @dataclass(frozen=True)
 class _Token:
+    """A bearer token, the scopes it was issued for, and when it expires."""
+
     value: str = field(repr=False)
     scopes: tuple[str, ...]
     expires_at: float

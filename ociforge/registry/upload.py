@@ -56,6 +56,8 @@ class BlobJob:
 
 @dataclass(frozen=True)
 class BlobResult:
+    """One blob in the repository: uploaded, already there (skipped) or mounted."""
+
     key: str
     digest: Digest
     size: int
