@@ -16,6 +16,7 @@ pushed to a tag tells a fresh CI runner which layers already exist (see ``pushin
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ import zstandard
 from ociforge.digest import Digest
 from ociforge.errors import OciforgeError
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
+from ociforge.tarstream import TarOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,11 @@ def layer_key(recipe: LayerRecipe, nar_hashes: Mapping[str, str], media_type: st
         "libraries": [zlib.ZLIB_RUNTIME_VERSION, zstandard.ZSTD_VERSION],
     }
     if isinstance(recipe, StoreLayer):
-        identity["tar"] = asdict(recipe.tar_options)
+        identity["tar"] = _tar_fields(recipe.tar_options)
         identity["store_dir"] = recipe.store_dir
         identity["paths"] = [[p, nar_hashes[p]] for p in recipe.paths]
     elif isinstance(recipe, EntriesLayer):
-        identity["tar"] = asdict(recipe.tar_options)
+        identity["tar"] = _tar_fields(recipe.tar_options)
         identity["entries"] = [
             [e.name, e.kind, e.mode, hashlib.sha256(e.data).hexdigest(), e.target]
             for e in recipe.entries
@@ -72,6 +74,13 @@ def layer_key(recipe: LayerRecipe, nar_hashes: Mapping[str, str], media_type: st
         raise OciforgeError(f"internal: no cache key for {type(recipe).__name__}")
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _tar_fields(options: TarOptions) -> dict[str, object]:
+    # Once per plan, not per layer: asdict's deep copies were half of planning a 100-layer
+    # image (5 of 11 ms, on the warm push's critical path). Read-only: json.dumps only reads.
+    return asdict(options)
 
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -31,13 +31,11 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+
+import zstandard
 
 from ociforge.errors import UsageError
 from ociforge.pipeline import check_threads, ordered_map
-
-if TYPE_CHECKING:
-    import zstandard
 
 __all__ = ["Compression", "CompressionOptions", "compress_chunks"]
 
@@ -213,8 +211,6 @@ def _gzip(chunks: Iterable[bytes], level: int, threads: int) -> Iterator[bytes]:
 
 
 def _zstd_parameters(level: int, threads: int) -> zstandard.ZstdCompressionParameters:
-    import zstandard  # noqa: PLC0415  (only zstd layers load libzstd: not warm pushes)
-
     # threads >= 1 always (see the module docstring): the frame does not depend on the count.
     # Jobs of one window (at least 2 MiB) instead of libzstd's four (8 MiB at level 3): peak
     # RSS 77 instead of 124 MiB with two workers on the 1 GB benchmark, for 0.7% of size.
@@ -229,8 +225,6 @@ def _zstd_parameters(level: int, threads: int) -> zstandard.ZstdCompressionParam
 
 
 def _zstd(chunks: Iterable[bytes], level: int, threads: int) -> Iterator[bytes]:
-    import zstandard  # noqa: PLC0415  (see _zstd_parameters)
-
     compressor = zstandard.ZstdCompressor(compression_params=_zstd_parameters(level, threads))
     stream = compressor.compressobj()
     for block in _fixed_blocks(chunks, _ZSTD_BLOCK):
