@@ -154,16 +154,6 @@ def local_blob(layout: Path, digest: str) -> bytes:
     return (layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
 
 
-@pytest.fixture(scope="module")
-def closure(tmp_path_factory: pytest.TempPathFactory) -> BuiltClosure:
-    return make_push_closure(tmp_path_factory.mktemp("push-closure"))
-
-
-@pytest.fixture
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
 # --- anonymous registry: the whole story ------------------------------------------------
 
 

@@ -32,7 +32,6 @@ from tests.integration.test_push_e2e import (
     finish,
     gitlab_env,
     inspect_digest,
-    make_push_closure,
     ociforge,
     start_ociforge,
 )
@@ -60,16 +59,6 @@ MANIFEST_TYPES = (
 )
 ALWAYS = 10_000  # a fault's ``times`` that no push exhausts
 RETRY_NOTE = re.compile(r"retry \d+/\d+ in \d+\.\ds: ")
-
-
-@pytest.fixture(scope="module")
-def closure(tmp_path_factory: pytest.TempPathFactory) -> BuiltClosure:
-    return make_push_closure(tmp_path_factory.mktemp("push-closure"))
-
-
-@pytest.fixture
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
 
 
 @dataclass(frozen=True)

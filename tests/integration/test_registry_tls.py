@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ociforge.registry.client import LOOPBACK_HOSTS
-from tests.integration.test_push_e2e import APP, Run, cli_env, make_push_closure, ociforge
+from tests.integration.test_push_e2e import APP, Run, cli_env, ociforge
 from tests.support.nixstore import BuiltClosure
 from tests.support.registry import RegistryServer
 from tests.support.registry_fixtures import skopeo, unique_name
@@ -111,11 +111,6 @@ class ColdPush:
     dest: str
     home: Path
     connections: list[str]  # remote ip:port of every request, in log order
-
-
-@pytest.fixture(scope="module")
-def closure(tmp_path_factory: pytest.TempPathFactory) -> BuiltClosure:
-    return make_push_closure(tmp_path_factory.mktemp("tls-closure"))
 
 
 @pytest.fixture(scope="module")
