@@ -30,6 +30,7 @@ from pydantic import (
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
 from ociforge.image.media import IMAGE_MANIFEST_TYPES, INDEX_TYPES
+from ociforge.image.summary import json_object
 
 # The OCI digest grammar; sha256 additionally needs exactly 64 lower-case hex characters.
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
@@ -190,12 +191,7 @@ def _validate(model: type[_M], obj: object, what: str) -> _M:
 
 
 def _load_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:  # also UnicodeDecodeError
-        raise ImageError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ImageError(f"{what} is not a JSON object")
+    obj = json_object(data, what)
     if obj.get("schemaVersion") == 1:
         raise ImageError(f"{what} is a Docker schema 1 manifest, which is not supported")
     return obj

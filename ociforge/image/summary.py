@@ -42,7 +42,7 @@ class ManifestSummary:
 
 def summarise_manifest(data: bytes) -> ManifestSummary:
     """The layers and annotations of an image manifest (OCI or Docker schema2)."""
-    obj = _object(data, "manifest")
+    obj = json_object(data, "manifest")
     media_type = obj.get("mediaType")
     if obj.get("schemaVersion") != 2 or (
         media_type is not None and media_type not in IMAGE_MANIFEST_TYPES
@@ -60,14 +60,15 @@ def summarise_manifest(data: bytes) -> ManifestSummary:
 
 def config_diff_ids(data: bytes) -> tuple[Digest, ...]:
     """The ``rootfs.diff_ids`` of an image config, in order."""
-    rootfs = _object(data, "image config").get("rootfs")
+    rootfs = json_object(data, "image config").get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):
         raise ImageError("image config has no rootfs.diff_ids list")
     return tuple(_digest(d, f"rootfs.diff_ids.{i}") for i, d in enumerate(diff_ids))
 
 
-def _object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object; ImageError naming ``what`` otherwise."""
     try:
         obj = json.loads(data)
     except ValueError as exc:  # also UnicodeDecodeError
