@@ -8,11 +8,12 @@ narHashes. A manifest's knowledge needs its config (for the diff_ids), one small
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from ociforge.assemble import ImagePlan
 from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
+from ociforge.digest import Digest
 from ociforge.errors import ImageError
 from ociforge.image.media import IMAGE_MANIFEST_TYPES
 from ociforge.image.summary import config_diff_ids, summarise_manifest
@@ -105,9 +106,12 @@ def preview_layers(
     plan: ImagePlan,
     repo: str,
     known: Mapping[str, KnownLayer],
+    *,
+    present: Set[Digest],
     mount_source: str | None,
 ) -> list[LayerPreview]:
-    """Ask the registry (HEAD only) what each layer of ``plan`` would need."""
+    """Ask the registry (HEAD only) what each layer of ``plan`` would need; known layers in
+    ``present`` (referenced by the repository's tags) are there without asking."""
     rows = []
     for index, layer in enumerate(plan.layers):
         hit = known.get(layer.key)
@@ -115,7 +119,7 @@ def preview_layers(
         if hit is None:
             rows.append(LayerPreview(index, "upload", None, estimate, None, layer.comment))
             continue
-        if blob_exists(client, repo, hit.digest) is not None:
+        if hit.digest in present or blob_exists(client, repo, hit.digest) is not None:
             action = "reused"
         elif mount_source and blob_exists(client, mount_source, hit.digest) is not None:
             action = "mount"

@@ -60,11 +60,14 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def push(root: str, refs: list[str], cache: Path | None, **kw: object) -> ociforge.PushResult:
+def push(
+    root: str, refs: list[str], cache: Path | None, *, commit: str = "", **kw: object
+) -> ociforge.PushResult:
+    """``commit``: an annotation that changes the manifest only, as a new commit does in CI."""
     return ociforge.push(
         root,
         refs,
-        options=ImageOptions(max_layers=10),
+        options=ImageOptions(max_layers=10, annotations={"rev": commit} if commit else {}),
         registry=RegistryOptions(cache_dir=str(cache) if cache else None, **kw),  # type: ignore[arg-type]
     )
 
@@ -147,6 +150,48 @@ def test_a_blob_deleted_from_the_registry_is_uploaded_again(
     assert outcomes(second)[0] == "uploaded" and set(outcomes(second)[1:]) == {"skipped"}
     assert second.manifest_digest == first.manifest_digest
     check_with_skopeo(f"{registry.host}/{repo_name}:two", tmp_path)
+
+
+def test_a_new_commit_of_the_same_closure_checks_no_layer_the_tag_already_has(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    fault_proxy: FaultProxy,
+    repo_name: str,
+    tmp_path: Path,
+    opened: list[str],
+) -> None:
+    """The registry keeps every blob a manifest references: no HEAD per layer, on a fresh
+    runner either. What is sent is the config and the manifest."""
+    app = closures[0]["app-1.0"]
+    ref = f"{fault_proxy.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "runner-1", commit="1")
+    opened.clear()
+    before = len(fault_proxy.requests)
+    second = push(app, [ref], tmp_path / "runner-2", commit="2")
+    sent = [(r.method, r.path.split("/")[-2]) for r in fault_proxy.requests[before:]]
+    assert opened == [] and outcomes(second) == ["skipped"] * 4
+    assert second.manifest_digest != first.manifest_digest
+    layers = {b.digest for b in second.blobs}
+    assert not [r for r in fault_proxy.requests[before:] if r.path.rsplit("/", 1)[-1] in layers]
+    assert sent[:3] == [("GET", "v2"), ("GET", "manifests"), ("GET", "blobs")]  # + old config
+    assert sent[-1] == ("PUT", "manifests") and len(sent) <= 7, sent  # config upload, manifest
+
+
+def test_a_layer_deleted_under_the_tags_manifest_is_uploaded_again(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+) -> None:
+    """Its API lets a blob go while a manifest still names it: the manifest PUT says so
+    (MANIFEST_BLOB_UNKNOWN), and the push checks every layer and tags again."""
+    app = closures[0]["app-1.0"]
+    ref = f"{registry.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "cache", commit="1")
+    gone = first.blobs[1].digest
+    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
+    second = push(app, [ref], tmp_path / "cache", commit="2")
+    assert outcomes(second)[1] == "uploaded" and outcomes(second).count("skipped") == 3
+    check_with_skopeo(ref, tmp_path)
 
 
 def test_corrupt_cache_entries_are_ignored(
