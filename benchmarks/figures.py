@@ -281,6 +281,35 @@ def warm_figure(
     )
 
 
+def new_commit_figure(ctx: BenchContext, registry: RegistryServer, closure: ClosureInfo) -> Figure:
+    """The same closure pushed by the next commit: every layer is known, but the manifest is
+    new (GitLab CI's revision annotation), so config and manifest are built and sent. Before
+    every run the tag is moved to the previous commit's manifest, unrecorded."""
+    cache = ctx.workdir / "cache-warm-new-commit"
+    ref = f"{registry.host}/bench/commit:latest"
+    args = push_args(closure, ref, cache, "gzip", 1)
+    previous = ctx.ociforge("previous commit", *args, "--annotation", "rev=previous")
+
+    def retag() -> None:
+        subprocess.run(
+            previous.argv, env=previous.env, cwd=previous.cwd, check=True, capture_output=True
+        )
+
+    ours = ctx.ociforge(
+        "ociforge push, new commit", *args, "--annotation", "rev=next", prepare=retag
+    )
+    nix = ("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "-r")
+    return Figure(
+        "warm push gzip-1, new commit",
+        closure,
+        ours,
+        Command("nix path-info", (*nix, closure.root), env=ctx.env()),
+        "nix path-info --json -r ROOT",
+        cold_figure="push gzip-1",
+        setup=(previous,),
+    )
+
+
 def startup_figure(ctx: BenchContext, closure: ClosureInfo) -> Figure:
     """``ociforge --help`` against a bare interpreter: the imports every ociforge command pays
     before its first byte of work, to read the warm pushes' times against."""
@@ -302,6 +331,7 @@ def push_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
         startup_figure(ctx, closure),
         warm_figure(ctx, warm, closure, fresh_runner=False),
         warm_figure(ctx, warm, closure, fresh_runner=True),
+        new_commit_figure(ctx, warm, closure),
     ]
 
 
@@ -315,6 +345,7 @@ def warm_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
         startup_figure(ctx, closure),
         warm_figure(ctx, warm, closure, fresh_runner=False),
         warm_figure(ctx, warm, closure, fresh_runner=True),
+        new_commit_figure(ctx, warm, closure),
     ]
 
 
