@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ociforge.errors import UsageError
 from ociforge.image.config import parse_env_items
 
-__all__ = ["CI_ANNOTATIONS", "ci_annotations", "merge_annotations", "parse_annotation_items"]
+__all__ = [
+    "CI_ANNOTATIONS",
+    "check_annotations",
+    "ci_annotations",
+    "merge_annotations",
+    "parse_annotation_items",
+]
+
+RESERVED_PREFIX = "dev.ociforge."  # the layer keys and the image fingerprint
 
 # annotation -> the GitLab CI predefined variable it is read from
 CI_ANNOTATIONS: Mapping[str, str] = {
@@ -29,7 +38,15 @@ def ci_annotations(environ: Mapping[str, str]) -> dict[str, str]:
 
 def parse_annotation_items(items: Sequence[str]) -> dict[str, str]:
     """``["K=V", ...]`` -> mapping; an empty value (``K=``) asks to drop an automatic one."""
-    return parse_env_items(items, option="--annotation")
+    return check_annotations(parse_env_items(items, option="--annotation"))
+
+
+def check_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
+    """UsageError for a key ociforge writes itself (it recognises images by them)."""
+    for key in annotations:
+        if key.startswith(RESERVED_PREFIX):
+            raise UsageError(f"--annotation {key}: keys under {RESERVED_PREFIX} are ociforge's own")
+    return dict(annotations)
 
 
 def merge_annotations(automatic: Mapping[str, str], explicit: Mapping[str, str]) -> dict[str, str]:

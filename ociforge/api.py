@@ -11,7 +11,6 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
 from ociforge.compress import Compression, CompressionOptions
@@ -21,6 +20,14 @@ from ociforge.errors import UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.nix import Closure, closure_from_json_file, read_closure
 from ociforge.nix.closure import merge_closures
+from ociforge.outputs import (
+    DockerArchiveTarget,
+    OciTarget,
+    Target,
+    parse_target,
+    write_docker_archive,
+    write_oci,
+)
 from ociforge.pushing import (
     PushPreview,
     PushResult,
@@ -31,9 +38,6 @@ from ociforge.pushing import (
 )
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import check_ca_bundle
-
-if TYPE_CHECKING:
-    from ociforge.outputs import OciTarget, Target
 
 _HOST_SYSTEMS = {
     "x86_64": "x86_64-linux",
@@ -148,14 +152,6 @@ def build(
                                 options=ociforge.ImageOptions(max_layers=60))
         print(result.manifest_digest)
     """
-    from ociforge.outputs import (  # noqa: PLC0415  (the image writers: not needed to push)
-        DockerArchiveTarget,
-        OciTarget,
-        parse_target,
-        write_docker_archive,
-        write_oci,
-    )
-
     parsed = parse_target(target) if isinstance(target, str) else target
     opts = options or ImageOptions()
     if isinstance(parsed, DockerArchiveTarget):
@@ -252,8 +248,6 @@ def _layout_source(source: Source) -> OciTarget | None:
         raise UsageError("push reads oci:DIR[:TAG] or an installable, not a docker-archive")
     if not (isinstance(source, str) and source.startswith("oci:")):
         return None
-    from ociforge.outputs import OciTarget, parse_target  # noqa: PLC0415  (see build)
-
     target = parse_target(source)
     if not isinstance(target, OciTarget):
         raise UsageError(f"cannot push from {source!r}: use oci:DIR[:TAG] or an installable")

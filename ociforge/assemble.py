@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ociforge.annotations import check_annotations
 from ociforge.cache import KEY_ANNOTATION, layer_key
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.customise import ImageSource, customise
@@ -40,6 +41,7 @@ from ociforge.tarstream import TarEntry, TarOptions
 
 if TYPE_CHECKING:  # pydantic models: imported where an image is serialised
     from ociforge.image.models import Descriptor
+    from ociforge.image.summary import ManifestSummary
 
 # Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
 FINGERPRINT_FORMAT = 2
@@ -121,12 +123,28 @@ class ImagePlan:
                 sorted(opts.annotations.items()),
                 runtime_identity(self.runtime),
                 self.default_path,
-                _platform(self),
+                _platform(self)[:2],
+                _platform(self)[2] or None,  # "" is no variant, as in the config
                 [(layer.key, layer.comment, layer.media_type) for layer in self.layers],
                 [(str(r.diff_id), str(r.digest), r.size) for r in results],
             )
         )
         return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+
+    def recognises(self, manifest: ManifestSummary, results: Sequence[LayerFacts]) -> bool:
+        """Whether ``manifest`` is the one :meth:`finish` gives, told without serialising: it
+        carries this plan's fingerprint among exactly the annotations ``finish`` writes, and
+        exactly its layer descriptors (OCI only: Docker manifests carry no fingerprint). The
+        config is the one thing not compared (only serialising gives its digest): an image
+        whose config was rewritten in place under ociforge's annotations would pass."""
+        if self.options.format != "oci" or len(manifest.layers) != len(self.layers):
+            return False
+        ours = [
+            (r.digest, r.size, layer.media_type, _layer_annotations(self, layer))
+            for layer, r in zip(self.layers, results, strict=True)
+        ]
+        theirs = [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in manifest.layers]
+        return theirs == ours and dict(manifest.annotations) == _manifest_annotations(self, results)
 
     def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -231,6 +249,7 @@ def _check_format(options: ImageOptions) -> None:
         raise UsageError("--format docker cannot carry zstd layers: use --compression gzip")
     if options.format == "docker" and options.annotations:
         raise UsageError("--format docker manifests have no annotations: use --format oci")
+    check_annotations(options.annotations)
 
 
 def _comment(paths: Sequence[str]) -> str:
@@ -248,6 +267,16 @@ def _platform(plan: ImagePlan) -> tuple[str, str, str | None]:
     if opts.architecture:  # another architecture: the closure's variant does not apply
         return opts.architecture, opts.os or os_name, opts.variant
     return arch, opts.os or os_name, opts.variant or variant
+
+
+def _manifest_annotations(plan: ImagePlan, results: Sequence[LayerFacts]) -> dict[str, str]:
+    if plan.options.format != "oci":  # Docker schema2 has no annotations
+        return {}
+    return {**plan.options.annotations, FINGERPRINT_ANNOTATION: plan.fingerprint(results)}
+
+
+def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
+    return {KEY_ANNOTATION: layer.key} if plan.options.format == "oci" else {}
 
 
 def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
@@ -270,16 +299,12 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
     # even on a fresh runner, recognises unchanged layers from the manifest alone, and the
     # manifest carries the fingerprint of everything it was made from.
-    oci = opts.format == "oci"
-    annotations = dict(opts.annotations)
-    if oci:
-        annotations[FINGERPRINT_ANNOTATION] = plan.fingerprint(results)
     layers = tuple(
         Descriptor(
             mediaType=layer.media_type,
             digest=str(r.digest),
             size=r.size,
-            annotations={KEY_ANNOTATION: layer.key} if oci else None,
+            annotations=_layer_annotations(plan, layer) or None,
         )
         for layer, r in zip(plan.layers, results, strict=True)
     )
@@ -290,7 +315,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
             mediaType=cfg_type, digest=str(Digest.of(config_bytes)), size=len(config_bytes)
         ),
         layers=list(layers),
-        annotations=annotations or None,
+        annotations=_manifest_annotations(plan, results) or None,
     )
     return BuiltImage(
         config=config_bytes,

@@ -158,6 +158,10 @@ class Background(Generic[T_co]):
             self._outcome = (False, exc)
             self.failed.set()
 
+    def join(self) -> None:
+        """Wait until ``fn`` has returned or raised."""
+        self._thread.join()
+
     def result(self) -> T_co:
         self._thread.join()
         ok, value = self._outcome

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ociforge.assemble import FINGERPRINT_ANNOTATION, ImagePlan, LayerFacts
+from ociforge.assemble import ImagePlan, LayerFacts
 from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError, UsageError
@@ -93,7 +93,7 @@ class PushResult:
     references: tuple[str, ...]
     manifest_digest: str
     blobs: tuple[PushedBlob, ...]
-    seconds: float
+    seconds: float  # the whole push, reading the closure with nix included (they overlap)
     up_to_date: bool = False  # every tag already held this manifest: nothing was sent
 
 
@@ -264,7 +264,7 @@ def _surveyed(
         with plan_errors_first(planning):
             client = stack.enter_context(open_client(refs[0].registry, opts, on_event))
             current = _tags(client, refs, scopes, planning.failed)
-        made = planning.result()
+            made = planning.result()
         sources = _sources(client, current, opts, scopes)
         yield client, made, current, known_layers(made, cache, client, sources, scopes)
 
@@ -350,11 +350,17 @@ def _push_scopes(refs: Sequence[Reference], opts: RegistryOptions) -> list[str]:
 @contextmanager
 def plan_errors_first(planning: Background[object]) -> Iterator[None]:
     """An error raised inside is raised once the plan is made, and replaced by the plan's own
-    error if the plan failed (the inside stops early then: ``planning.failed`` is its cancel)."""
+    error if the plan failed (the inside stops early then: ``planning.failed`` is its cancel).
+    An interrupt waits for the plan too, as it did when nix ran in the caller's thread: nix
+    (which got the terminal's Ctrl-C as well) is not left running; a second one stops waiting.
+    """
     try:
         yield
     except Exception:
         planning.result()
+        raise
+    except BaseException:
+        planning.join()
         raise
 
 
@@ -404,31 +410,33 @@ def _held_by_every_tag(
     cache: LayerCache | None,
 ) -> Digest | None:
     """The manifest digest every tag already holds, if every layer is ``known`` and that
-    manifest is the one the plan gives; else None. Recognised, cheapest first, by the
-    fingerprint in the tags' manifests (OCI), by the local cache's record of the fingerprint's
-    manifest digest, or by serialising the manifest."""
-    held = [current.get((r.repository, r.manifest_ref)) for r in refs]
-    if any(found is None for found in held) or not all(layer.key in known for layer in plan.layers):
+    manifest is the one the plan gives; else None.
+
+    OCI manifests are recognised by their fingerprint annotation and descriptors (see
+    ``ImagePlan.recognises``). Docker manifests carry neither: the local cache's record of the
+    fingerprint's manifest digest stands in, else the manifest is serialised and compared.
+    """
+    held = {current.get((r.repository, r.manifest_ref)) for r in refs}
+    if len(held) != 1 or not all(layer.key in known for layer in plan.layers):
+        return None  # a tag is missing, or they hold different manifests: each gets this one
+    [found] = held
+    if found is None:
         return None
+    data, _, digest = found
     facts = [known[layer.key] for layer in plan.layers]
-    found_digests = [found[2] for found in held if found is not None]
+    if plan.options.format == "oci":
+        try:
+            return digest if plan.recognises(summarise_manifest(data), facts) else None
+        except ImageError:
+            return None
     fingerprint = plan.fingerprint(facts)
-    if all(_fingerprint_of(found[0]) == fingerprint for found in held if found is not None):
-        return found_digests[0]
     remembered = cache.manifest_digest(fingerprint) if cache is not None else None
-    if remembered is not None and all(d == remembered for d in found_digests):
-        return remembered
-    digest = Digest.of(plan.finish(facts).manifest)  # no record, or one the tags contradict
-    if cache is not None and digest != remembered:
-        cache.remember_manifest(fingerprint, digest)
-    return digest if all(d == digest for d in found_digests) else None
-
-
-def _fingerprint_of(manifest: bytes) -> str | None:
-    try:
-        return summarise_manifest(manifest).annotations.get(FINGERPRINT_ANNOTATION)
-    except ImageError:
-        return None
+    if remembered == digest:
+        return digest
+    ours = Digest.of(plan.finish(facts).manifest)  # no record, or one the tag contradicts
+    if cache is not None and ours != remembered:
+        cache.remember_manifest(fingerprint, ours)
+    return digest if ours == digest else None
 
 
 def _known_blob(layer: KnownLayer, outcome: str) -> PushedBlob:

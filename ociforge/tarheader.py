@@ -57,6 +57,8 @@ class TarOptions:
                 raise UsageError(f"tar {field} must be an integer >= 0, got {value!r}")
         for field in ("uname", "gname"):
             _check_encodable(getattr(self, field), f"tar {field}")
+        if not isinstance(self.relative_names, bool):  # it is part of every layer key
+            raise UsageError(f"tar relative_names must be a bool, got {self.relative_names!r}")
 
 
 @dataclass(frozen=True)

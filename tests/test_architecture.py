@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import typing
 from pathlib import Path
 
 import ociforge
@@ -147,3 +149,14 @@ def test_no_public_name_is_also_a_module_name() -> None:
         p.parent.name for p in PACKAGE.glob("*/__init__.py")
     }
     assert PUBLIC_API & modules == set()
+
+
+def test_the_public_functions_type_hints_resolve() -> None:
+    """Tools that read hints at run time (sphinx-autodoc-typehints, typer, pydantic's
+    validate_call) need every name a public function's signature uses importable, not only
+    under TYPE_CHECKING. (Some classes' fields name pydantic models, imported lazily.)"""
+    functions = [getattr(ociforge, n) for n in sorted(PUBLIC_API)]
+    functions = [f for f in functions if inspect.isfunction(f)]
+    assert len(functions) >= 5
+    for function in functions:
+        typing.get_type_hints(function)

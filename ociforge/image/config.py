@@ -146,8 +146,8 @@ def runtime_identity(runtime: RuntimeConfig) -> tuple[object, ...]:
     """What of ``runtime`` reaches the config's JSON, in a form as ordered as that JSON:
     labels, ports and volumes are sorted there, ``Env`` keeps its order."""
     return (
-        runtime.entrypoint,
-        runtime.cmd,
+        None if runtime.entrypoint is None else tuple(runtime.entrypoint),  # lists from the API
+        None if runtime.cmd is None else tuple(runtime.cmd),
         tuple(runtime.env.items()),
         runtime.workdir,
         runtime.user,

@@ -43,9 +43,12 @@ class ManifestSummary:
 def summarise_manifest(data: bytes) -> ManifestSummary:
     """The layers and annotations of an image manifest (OCI or Docker schema2)."""
     obj = json_object(data, "manifest")
-    media_type = obj.get("mediaType")
-    if obj.get("schemaVersion") != 2 or (
-        media_type is not None and media_type not in IMAGE_MANIFEST_TYPES
+    media_type, version = obj.get("mediaType"), obj.get("schemaVersion")
+    if (
+        type(version) is not int
+        or version != 2
+        or "manifests" in obj  # an index, whatever its mediaType says
+        or (media_type is not None and media_type not in IMAGE_MANIFEST_TYPES)
     ):
         raise ImageError(f"not a schema 2 image manifest (mediaType {media_type!r})")
     layers = obj.get("layers")
@@ -61,7 +64,9 @@ def summarise_manifest(data: bytes) -> ManifestSummary:
 def config_diff_ids(data: bytes) -> tuple[Digest, ...]:
     """The ``rootfs.diff_ids`` of an image config, in order."""
     rootfs = json_object(data, "image config").get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+        raise ImageError("image config has no rootfs of type layers")
+    diff_ids = rootfs.get("diff_ids")
     if not isinstance(diff_ids, list):
         raise ImageError("image config has no rootfs.diff_ids list")
     return tuple(_digest(d, f"rootfs.diff_ids.{i}") for i, d in enumerate(diff_ids))

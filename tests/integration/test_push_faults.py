@@ -262,6 +262,7 @@ def test_a_nix_error_comes_before_a_registry_error(home: Path, tmp_path: Path) -
     run = ociforge("push", missing, f"127.0.0.1:{port}/app:t", env=cli_env(home))
     assert run.code == 3, run.explain()
     assert "is not valid" in run.one_line_error()
+    assert "retry 2/" not in run.err, run.explain()  # nix fails in well under 1.5 s
 
 
 # --- secrets never reach the output, not even with --debug -----------------------------------

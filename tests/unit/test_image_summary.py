@@ -52,6 +52,19 @@ def test_a_manifest_reads_as_the_models_read_it() -> None:
     ]
 
 
+def test_an_oci_1_1_artifact_manifest_reads() -> None:
+    empty = {
+        "mediaType": "application/vnd.oci.empty.v1+json",
+        "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        "size": 2,
+        "data": "e30=",
+    }
+    doc = manifest(artifactType="application/vnd.example+type", config=empty, subject=empty)
+    summary = summarise_manifest(json.dumps(doc).encode())
+    assert str(summary.config) == empty["digest"] and len(summary.layers) == 2
+    assert parse_manifest(json.dumps(doc).encode()).config.sha256 == summary.config
+
+
 def test_a_docker_manifest_without_annotations_reads() -> None:
     doc = manifest(mediaType="application/vnd.docker.distribution.manifest.v2+json")
     del doc["annotations"]
@@ -78,6 +91,7 @@ def test_a_docker_manifest_without_annotations_reads() -> None:
             "map of strings",
         ),
         (manifest(annotations=["a"]), "map of strings"),
+        (manifest(mediaType=None, manifests=[]), "schema 2"),
     ],
 )
 def test_what_is_not_a_manifest_is_refused(doc: bytes | dict[str, Any], message: str) -> None:
@@ -93,8 +107,9 @@ def test_what_is_not_a_manifest_is_refused(doc: bytes | dict[str, Any], message:
     [
         manifest(config={"mediaType": "m", "digest": "md5:abc", "size": 1}),
         manifest(layers=[{"mediaType": "m", "digest": LAYER, "size": True}]),
+        manifest(schemaVersion=2.0),
     ],
-    ids=["not sha256", "bool size"],
+    ids=["not sha256", "bool size", "float version"],
 )
 def test_stricter_than_the_models_where_they_would_fail_later(doc: dict[str, Any]) -> None:
     """A digest the models accept but ``Descriptor.sha256`` refuses; a size pydantic coerces."""
@@ -114,8 +129,9 @@ def test_config_diff_ids() -> None:
     broken_configs: list[dict[str, Any]] = [
         {},
         {"rootfs": []},
-        {"rootfs": {"diff_ids": "x"}},
-        {"rootfs": {"diff_ids": [1]}},
+        {"rootfs": {"type": "other", "diff_ids": []}},
+        {"rootfs": {"type": "layers", "diff_ids": "x"}},
+        {"rootfs": {"type": "layers", "diff_ids": [1]}},
     ]
     for broken in broken_configs:
         with pytest.raises(ImageError):

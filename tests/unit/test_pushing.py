@@ -4,6 +4,7 @@ and that a failed plan stops the registry's retries at once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -51,12 +52,15 @@ def test_a_failed_plan_stops_the_registry_retries_and_is_the_error() -> None:
 
 
 def test_a_registry_error_waits_for_the_plan_and_is_raised() -> None:
-    planned = threading.Event()
+    refusing, planned = threading.Event(), threading.Event()
 
     def refused(request: httpx.Request) -> httpx.Response:
+        refusing.set()
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
 
     def plan() -> ImagePlan:
+        refusing.wait(10)
+        time.sleep(0.2)  # still planning well after the registry has said no
         planned.set()
         return None  # type: ignore[return-value]
 
