@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ociforge.annotations import check_annotations
 from ociforge.cache import KEY_ANNOTATION, layer_key
@@ -23,8 +23,8 @@ from ociforge.essentials import EssentialsOptions
 from ociforge.image.config import (
     EPOCH_PLUS_ONE,
     RuntimeConfig,
-    build_config,
     check_runtime,
+    config_document,
     platform_for_system,
     runtime_identity,
 )
@@ -34,14 +34,16 @@ from ociforge.image.media import (
     layer_media_type,
     manifest_media_type,
 )
+from ociforge.image.summary import (
+    BlobDescriptor,
+    ManifestSummary,
+    canonical_bytes,
+    manifest_document,
+)
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
 from ociforge.tarstream import TarEntry, TarOptions
-
-if TYPE_CHECKING:  # pydantic models: imported where an image is serialised
-    from ociforge.image.models import Descriptor
-    from ociforge.image.summary import ManifestSummary
 
 # Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
 FINGERPRINT_FORMAT = 2
@@ -161,7 +163,7 @@ class BuiltImage:
     config_media_type: str
     manifest: bytes
     manifest_media_type: str
-    layers: tuple[Descriptor, ...]
+    layers: tuple[BlobDescriptor, ...]
     diff_ids: tuple[str, ...]
 
     @property
@@ -280,11 +282,11 @@ def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
 
 
 def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
-    from ociforge.image.models import Descriptor, Manifest, canonical_json  # noqa: PLC0415
-
+    # Plain JSON documents, not the models: loading pydantic was a third of a push that only
+    # writes a new manifest (image/summary.py; the bytes are the same, and pinned by a test).
     opts = plan.options
     arch, os_name, variant = _platform(plan)
-    config = build_config(
+    config = config_document(
         runtime=plan.runtime,
         architecture=arch,
         os=os_name,
@@ -294,33 +296,25 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
         created=opts.created,
         default_path=plan.default_path,
     )
-    config_bytes = canonical_json(config)
+    config_bytes = canonical_bytes(config)
     cfg_type = config_media_type(opts.format)
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
     # even on a fresh runner, recognises unchanged layers from the manifest alone, and the
     # manifest carries the fingerprint of everything it was made from.
     layers = tuple(
-        Descriptor(
-            mediaType=layer.media_type,
-            digest=str(r.digest),
-            size=r.size,
-            annotations=_layer_annotations(plan, layer) or None,
-        )
+        BlobDescriptor(r.digest, r.size, layer.media_type, _layer_annotations(plan, layer))
         for layer, r in zip(plan.layers, results, strict=True)
     )
-    manifest = Manifest(
-        schemaVersion=2,
-        mediaType=manifest_media_type(opts.format),
-        config=Descriptor(
-            mediaType=cfg_type, digest=str(Digest.of(config_bytes)), size=len(config_bytes)
-        ),
-        layers=list(layers),
-        annotations=_manifest_annotations(plan, results) or None,
+    manifest = manifest_document(
+        manifest_media_type(opts.format),
+        BlobDescriptor(Digest.of(config_bytes), len(config_bytes), cfg_type, {}),
+        layers,
+        _manifest_annotations(plan, results),
     )
     return BuiltImage(
         config=config_bytes,
         config_media_type=cfg_type,
-        manifest=canonical_json(manifest),
+        manifest=canonical_bytes(manifest),
         manifest_media_type=manifest_media_type(opts.format),
         layers=layers,
         diff_ids=tuple(str(r.diff_id) for r in results),

@@ -380,7 +380,8 @@ def _report_build(result: BuildResult, as_json: bool, *, to_stdout: bool) -> Non
 
 def _layer_rows(result: BuildResult) -> Sequence[dict[str, Any]]:
     return [
-        {"digest": d.digest, "size": d.size, "mediaType": d.media_type} for d in result.image.layers
+        {"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
+        for d in result.image.layers
     ]
 
 

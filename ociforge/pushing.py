@@ -23,7 +23,7 @@ from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError, UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
-from ociforge.image.summary import summarise_manifest
+from ociforge.image.summary import BlobDescriptor, summarise_manifest
 from ociforge.layer import LayerStream
 from ociforge.pipeline import Background, cpu_count
 from ociforge.reference import Reference
@@ -43,7 +43,7 @@ from ociforge.registry import (
 from ociforge.reuse import LayerPreview, known_layers, preview_layers
 
 if TYPE_CHECKING:
-    from ociforge.image import Descriptor, OciLayout
+    from ociforge.image import OciLayout
 
 _READ_SIZE = 1 << 20
 
@@ -458,12 +458,15 @@ def push_layout(
     layout = OciLayout(layout_dir, create=False)
     manifest_bytes, media_type = layout.resolve(tag)
     manifest = parse_manifest(manifest_bytes)
-    descriptors = [*manifest.layers, manifest.config]
+    descriptors = [
+        BlobDescriptor(d.sha256, d.size, d.media_type, d.annotations or {})
+        for d in [*manifest.layers, manifest.config]
+    ]
     jobs = [
         BlobJob(
             key=f"layer {i + 1}/{len(manifest.layers)}" if i < len(manifest.layers) else "config",
-            open_stream=_file_opener(layout, d.sha256),
-            expected=d.sha256,
+            open_stream=_file_opener(layout, d.digest),
+            expected=d.digest,
             mount_from=opts.mount_from,
             size=d.size,
         )
@@ -513,7 +516,7 @@ def _read_file(layout: OciLayout, digest: Digest) -> Iterator[bytes]:
 def _copy_to_other_repos(
     client: RegistryClient,
     refs: Sequence[Reference],
-    descriptors: Sequence[Descriptor],
+    descriptors: Sequence[BlobDescriptor],
     opts: RegistryOptions,
 ) -> list[PushedBlob]:
     """Other repositories of the same registry get the blobs by cross-repository mount."""
@@ -523,9 +526,9 @@ def _copy_to_other_repos(
     for repo in others:
         jobs = [
             BlobJob(
-                key=f"{repo} {d.sha256.hex[:12]}",
-                open_stream=_unavailable(d.sha256),
-                expected=d.sha256,
+                key=f"{repo} {d.digest.hex[:12]}",
+                open_stream=_unavailable(d.digest),
+                expected=d.digest,
                 mount_from=source,
                 size=d.size,
             )

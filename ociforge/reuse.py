@@ -70,7 +70,7 @@ def _from_manifest(
     annotated = [(i, d.annotations.get(KEY_ANNOTATION)) for i, d in enumerate(manifest.layers)]
     if not any(key in missing for _, key in annotated):
         return {}
-    config_bytes = get_small_blob(client, repo, manifest.config, scopes=scopes)
+    config_bytes = get_small_blob(client, repo, manifest.config.digest, scopes=scopes)
     if config_bytes is None:
         return {}
     try:

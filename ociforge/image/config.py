@@ -10,13 +10,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 
-if TYPE_CHECKING:  # imported where used: pydantic is only paid for when a config is built
-    from ociforge.image.models import ContainerConfig, ImageConfig
+if TYPE_CHECKING:  # imported where used: pydantic is only paid for when a model is asked for
+    from ociforge.image.models import ImageConfig
 
 EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
 CREATED_BY = "ociforge"
@@ -158,13 +158,11 @@ def runtime_identity(runtime: RuntimeConfig) -> tuple[object, ...]:
     )
 
 
-def _container_config(runtime: RuntimeConfig, default_path: str | None) -> ContainerConfig:
-    from ociforge.image.models import ContainerConfig  # noqa: PLC0415  (see TYPE_CHECKING)
-
+def _container_document(runtime: RuntimeConfig, default_path: str | None) -> dict[str, Any]:
     env = dict(runtime.env)
     if "PATH" not in env and default_path is not None:
         env = {"PATH": default_path, **env}
-    return ContainerConfig(
+    return _present(
         User=runtime.user,
         ExposedPorts={p: {} for p in parse_port_items(runtime.exposed_ports)} or None,
         Env=[f"{k}={v}" for k, v in env.items()] or None,
@@ -174,6 +172,48 @@ def _container_config(runtime: RuntimeConfig, default_path: str | None) -> Conta
         WorkingDir=runtime.workdir,
         Labels=dict(runtime.labels) or None,
         StopSignal=runtime.stop_signal,
+    )
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def config_document(
+    *,
+    runtime: RuntimeConfig,
+    architecture: str,
+    os: str,
+    variant: str | None,
+    diff_ids: Sequence[Digest],
+    history_comments: Sequence[str],
+    created: str = EPOCH_PLUS_ONE,
+    default_path: str | None,
+) -> dict[str, Any]:
+    """The config (JSON) of an image whose layers have ``diff_ids`` (uncompressed tar digests).
+
+    ``history_comments`` gives one comment per layer (or none at all: then each layer is
+    described by its number). ``PATH``: the user's ``env`` wins, else ``default_path``.
+    Plain JSON, not models: see :mod:`ociforge.image.summary` (:func:`build_config` gives it
+    as a model).
+    """
+    if history_comments and len(history_comments) != len(diff_ids):
+        raise UsageError(
+            f"internal: {len(history_comments)} history comments for {len(diff_ids)} layers"
+        )
+    if not architecture or not os:
+        raise UsageError("the image platform needs an architecture and an os (--arch, --os)")
+    _check_runtime(runtime)
+    check_created(created)
+    comments = list(history_comments) or [f"layer {n + 1}" for n in range(len(diff_ids))]
+    return _present(
+        created=created,
+        architecture=architecture,
+        os=os,
+        variant=variant or None,
+        config=_container_document(runtime, default_path),
+        rootfs={"type": "layers", "diff_ids": [str(d) for d in diff_ids]},
+        history=[{"created": created, "created_by": CREATED_BY, "comment": c} for c in comments],
     )
 
 
@@ -188,28 +228,17 @@ def build_config(
     created: str = EPOCH_PLUS_ONE,
     default_path: str | None,
 ) -> ImageConfig:
-    """The config of an image whose layers have ``diff_ids`` (uncompressed tar digests).
+    """:func:`config_document` as a model."""
+    from ociforge.image.models import ImageConfig  # noqa: PLC0415  (see TYPE_CHECKING)
 
-    ``history_comments`` gives one comment per layer (or none at all: then each layer is
-    described by its number). ``PATH``: the user's ``env`` wins, else ``default_path``.
-    """
-    if history_comments and len(history_comments) != len(diff_ids):
-        raise UsageError(
-            f"internal: {len(history_comments)} history comments for {len(diff_ids)} layers"
-        )
-    if not architecture or not os:
-        raise UsageError("the image platform needs an architecture and an os (--arch, --os)")
-    _check_runtime(runtime)
-    check_created(created)
-    from ociforge.image.models import History, ImageConfig, RootFS  # noqa: PLC0415
-
-    comments = list(history_comments) or [f"layer {n + 1}" for n in range(len(diff_ids))]
-    return ImageConfig(
-        created=created,
+    document = config_document(
+        runtime=runtime,
         architecture=architecture,
         os=os,
-        variant=variant or None,
-        config=_container_config(runtime, default_path),
-        rootfs=RootFS(type="layers", diff_ids=[str(d) for d in diff_ids]),
-        history=[History(created=created, created_by=CREATED_BY, comment=c) for c in comments],
+        variant=variant,
+        diff_ids=diff_ids,
+        history_comments=history_comments,
+        created=created,
+        default_path=default_path,
     )
+    return ImageConfig.model_validate(document)

@@ -1,8 +1,10 @@
 """Pydantic models of descriptors, manifests, indexes and image configs, and their JSON bytes.
 
-Raw bytes are the truth: a config or manifest is serialised once with :func:`canonical_json`, and
-its digest, size, file and upload all use those bytes. The models only help to *build* the bytes
-we produce and to *read* foreign ones; a foreign document is never re-serialised.
+Raw bytes are the truth: a config or manifest is serialised once, and its digest, size, file and
+upload all use those bytes. The models *read* foreign documents (a foreign document is never
+re-serialised) and build the OCI layout's index. The configs and manifests of images ociforge
+makes are plain JSON (:mod:`ociforge.image.summary`: loading pydantic was a third of a push);
+tests hold them to these models, byte for byte and with unknown fields refused.
 
 Models we produce forbid unknown fields (a typo in our code fails loudly). The ``parse_*`` helpers
 read what registries and other tools wrote: they drop fields the models do not know (Docker's
@@ -11,7 +13,6 @@ read what registries and other tools wrote: they drop fields the models do not k
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,9 +29,9 @@ from pydantic import (
 )
 
 from ociforge.digest import Digest
-from ociforge.errors import ImageError, UsageError
+from ociforge.errors import ImageError
 from ociforge.image.media import IMAGE_MANIFEST_TYPES, INDEX_TYPES
-from ociforge.image.summary import json_object
+from ociforge.image.summary import canonical_bytes, json_object
 
 # The OCI digest grammar; sha256 additionally needs exactly 64 lower-case hex characters.
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
@@ -163,12 +164,7 @@ def canonical_json(value: BaseModel | Mapping[str, Any] | Sequence[Any]) -> byte
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = exc.object[exc.start : exc.end]
-        raise UsageError(f"text is not valid Unicode (undecodable {bad!r})") from None
+    return canonical_bytes(value)
 
 
 def describe_bytes(data: bytes, media_type: str) -> Descriptor:

@@ -1,18 +1,23 @@
-"""The few fields of a manifest and a config that a warm push reads, without pydantic.
+"""Manifests and configs as plain JSON, without pydantic: the few fields a warm push reads, and
+the exact bytes ociforge writes.
 
 A push that finds its layers in the tag's previous manifest (a fresh CI runner) needs only the
 layers' digests, sizes, media types and annotations, the config's digest and its ``diff_ids``.
 Importing pydantic and building the models for that cost about 0.2 s, a third of such a push
 (measured with ``benchmarks --sets warm``), so these readers take the fields straight from the
 JSON. They check what they take as strictly as :mod:`ociforge.image.models` does and raise
-:class:`ImageError` for anything else; they never serialise anything (the models build what
-ociforge writes).
+:class:`ImageError` for anything else.
+
+The same goes for writing: a push of a new commit serialises a config and a manifest, and
+loading the models for that was a third of it. :func:`canonical_bytes` of the documents built
+here is what the models would give (tests compare the two and validate the result against the
+models, which forbid unknown fields: a typo here fails there).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +27,8 @@ from ociforge.image.media import IMAGE_MANIFEST_TYPES
 
 
 @dataclass(frozen=True)
-class LayerSummary:
-    """One layer descriptor of a manifest."""
+class BlobDescriptor:
+    """A manifest's pointer to a blob (a layer or the config)."""
 
     digest: Digest
     size: int
@@ -35,8 +40,8 @@ class LayerSummary:
 class ManifestSummary:
     """An image manifest: its config's digest, its layers and its own annotations."""
 
-    config: Digest
-    layers: tuple[LayerSummary, ...]
+    config: BlobDescriptor
+    layers: tuple[BlobDescriptor, ...]
     annotations: Mapping[str, str]
 
 
@@ -55,7 +60,7 @@ def summarise_manifest(data: bytes) -> ManifestSummary:
     if not isinstance(layers, list):
         raise ImageError("manifest has no layers list")
     return ManifestSummary(
-        config=_descriptor(obj.get("config"), "config").digest,
+        config=_descriptor(obj.get("config"), "config"),
         layers=tuple(_descriptor(d, f"layers.{i}") for i, d in enumerate(layers)),
         annotations=_annotations(obj.get("annotations"), "annotations"),
     )
@@ -83,7 +88,7 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-def _descriptor(obj: object, where: str) -> LayerSummary:
+def _descriptor(obj: object, where: str) -> BlobDescriptor:
     if not isinstance(obj, dict):
         raise ImageError(f"manifest {where} is not a descriptor")
     size, media_type = obj.get("size"), obj.get("mediaType")
@@ -91,7 +96,7 @@ def _descriptor(obj: object, where: str) -> LayerSummary:
         raise ImageError(f"manifest {where}.size is not a size: {size!r}")
     if not isinstance(media_type, str):
         raise ImageError(f"manifest {where} has no mediaType")
-    return LayerSummary(
+    return BlobDescriptor(
         digest=_digest(obj.get("digest"), f"{where}.digest"),
         size=size,
         media_type=media_type,
@@ -116,3 +121,43 @@ def _annotations(value: object, where: str) -> Mapping[str, str]:
     ):
         raise ImageError(f"manifest {where} is not a map of strings")
     return value
+
+
+def canonical_bytes(document: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """The exact bytes to hash, write and send: sorted keys, compact, UTF-8, no newline."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise UsageError(f"text is not valid Unicode (undecodable {bad!r})") from None
+
+
+def descriptor_document(blob: BlobDescriptor) -> dict[str, Any]:
+    """The JSON of a descriptor (no ``annotations`` key when there are none)."""
+    document: dict[str, Any] = {
+        "mediaType": blob.media_type,
+        "digest": str(blob.digest),
+        "size": blob.size,
+    }
+    if blob.annotations:
+        document["annotations"] = dict(blob.annotations)
+    return document
+
+
+def manifest_document(
+    media_type: str,
+    config: BlobDescriptor,
+    layers: Sequence[BlobDescriptor],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """The JSON of an image manifest (OCI, or Docker schema2 without ``annotations``)."""
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": descriptor_document(config),
+        "layers": [descriptor_document(layer) for layer in layers],
+    }
+    if annotations:
+        document["annotations"] = dict(annotations)
+    return document

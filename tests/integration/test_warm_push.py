@@ -263,22 +263,29 @@ def warm_push(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("runner", ["same runner", "fresh runner"])
-def test_a_warm_push_serialises_nothing(
+@pytest.mark.parametrize("runner", ["same runner", "fresh runner", "new commit"])
+def test_a_warm_push_never_loads_the_models(
     closures: tuple[BuiltClosure, BuiltClosure], registry: RegistryServer, repo_name: str,
     tmp_path: Path, runner: str,
 ) -> None:  # fmt: skip
-    """The tag is recognised by the fingerprint its manifest carries, on a fresh runner too:
-    pydantic, a fifth of a second of start-up, is never imported."""
+    """The tag is recognised by the fingerprint its manifest carries, on a fresh runner too,
+    and a new commit's manifest is written as plain JSON: pydantic, a fifth of a second of
+    start-up, is never imported."""
     app = closures[0]["app-1.0"]
     ref = f"{registry.host}/{repo_name}:latest"
     args = ["push", app, ref, "--max-layers", "10", "--cache-dir"]
-    first = warm_push(*args, str(tmp_path / "cache"))
-    again = warm_push(*args, str(tmp_path / ("cache" if runner == "same runner" else "fresh")))
-    assert first.stderr.splitlines()[-1] == "exit 0 True", first.stderr
-    assert "up to date" in again.stderr
+    first = warm_push(*args, str(tmp_path / "cache"), "--annotation", "rev=1")
+    cache = tmp_path / ("fresh" if runner == "fresh runner" else "cache")
+    rev = "rev=2" if runner == "new commit" else "rev=1"
+    again = warm_push(*args, str(cache), "--annotation", rev)
+    assert first.stderr.splitlines()[-1] == "exit 0 False", first.stderr
     assert again.stderr.splitlines()[-1] == "exit 0 False", again.stderr
-    assert again.stdout == first.stdout  # the same DEST@digest line
+    if runner == "new commit":
+        assert "up to date" not in again.stderr and again.stdout != first.stdout
+        check_with_skopeo(ref, tmp_path)
+    else:
+        assert "up to date" in again.stderr
+        assert again.stdout == first.stdout  # the same DEST@digest line
 
 
 def test_docker_format_tags_are_recognised_by_the_local_cache_only_when_it_is_right(

@@ -10,11 +10,20 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
-from ociforge.image import parse_image_config, parse_manifest
-from ociforge.image.summary import config_diff_ids, summarise_manifest
+from ociforge.image import RuntimeConfig, build_config, parse_image_config, parse_manifest
+from ociforge.image.config import config_document
+from ociforge.image.models import ImageConfig, Manifest, canonical_json
+from ociforge.image.summary import (
+    BlobDescriptor,
+    canonical_bytes,
+    config_diff_ids,
+    manifest_document,
+    summarise_manifest,
+)
 
 CONFIG = "sha256:" + "c" * 64
 LAYER = "sha256:" + "1" * 64
+MEDIA = "application/vnd.oci.image.manifest.v1+json"
 
 
 def manifest(**changes: Any) -> dict[str, Any]:
@@ -45,7 +54,7 @@ def manifest(**changes: Any) -> dict[str, Any]:
 def test_a_manifest_reads_as_the_models_read_it() -> None:
     data = json.dumps(manifest()).encode()
     summary, model = summarise_manifest(data), parse_manifest(data)
-    assert summary.config == model.config.sha256
+    assert summary.config.digest == model.config.sha256
     assert summary.annotations == model.annotations
     assert [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in summary.layers] == [
         (d.sha256, d.size, d.media_type, d.annotations or {}) for d in model.layers
@@ -61,8 +70,8 @@ def test_an_oci_1_1_artifact_manifest_reads() -> None:
     }
     doc = manifest(artifactType="application/vnd.example+type", config=empty, subject=empty)
     summary = summarise_manifest(json.dumps(doc).encode())
-    assert str(summary.config) == empty["digest"] and len(summary.layers) == 2
-    assert parse_manifest(json.dumps(doc).encode()).config.sha256 == summary.config
+    assert str(summary.config.digest) == empty["digest"] and len(summary.layers) == 2
+    assert parse_manifest(json.dumps(doc).encode()).config.sha256 == summary.config.digest
 
 
 def test_a_docker_manifest_without_annotations_reads() -> None:
@@ -136,3 +145,44 @@ def test_config_diff_ids() -> None:
     for broken in broken_configs:
         with pytest.raises(ImageError):
             config_diff_ids(json.dumps(broken).encode())
+
+
+RUNTIMES = [
+    RuntimeConfig(),
+    RuntimeConfig(
+        entrypoint=("/bin/sh", "-c"),
+        cmd=("echo hi",),
+        env={"B": "2", "PATH": "/bin"},
+        workdir="/w",
+        user="1000:1000",
+        labels={"z": "1", "a": "é"},
+        exposed_ports=("80", "53/udp"),
+        volumes=("/data",),
+        stop_signal="SIGTERM",
+    ),
+]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES, ids=["empty", "everything"])
+def test_the_documents_written_are_the_models_bytes(runtime: RuntimeConfig) -> None:
+    """What ociforge writes without pydantic is what the models give, and passes them in
+    their strict mode (unknown fields refused: a misspelt key here fails)."""
+    args: dict[str, Any] = {
+        "runtime": runtime,
+        "architecture": "arm64",
+        "os": "linux",
+        "variant": "v8",
+        "diff_ids": [Digest.parse(LAYER), Digest.parse(CONFIG)],
+        "history_comments": ["one", "two"],
+        "default_path": "/nix/store/x/bin",
+    }
+    config = canonical_bytes(config_document(**args))
+    assert config == canonical_json(build_config(**args))
+    ImageConfig.model_validate(json.loads(config))
+    layer = BlobDescriptor(Digest.parse(LAYER), 5, "application/vnd.oci.image.layer.v1.tar", {})
+    keyed = BlobDescriptor(Digest.parse(CONFIG), 7, layer.media_type, {"k": "v"})
+    config_blob = BlobDescriptor(Digest.of(config), len(config), "application/x-config", {})
+    for notes in ({}, {"a": "1"}):
+        document = manifest_document(MEDIA, config_blob, [layer, keyed], notes)
+        model = Manifest.model_validate(json.loads(canonical_bytes(document)))
+        assert canonical_bytes(document) == canonical_json(model)
