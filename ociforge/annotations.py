@@ -21,7 +21,7 @@ __all__ = [
     "parse_annotation_items",
 ]
 
-RESERVED_PREFIX = "dev.ociforge."  # the layer keys and the image fingerprint
+RESERVED_PREFIX = "dev.ociforge."  # the layer keys
 
 # annotation -> the GitLab CI predefined variable it is read from
 CI_ANNOTATIONS: Mapping[str, str] = {
@@ -42,7 +42,7 @@ def parse_annotation_items(items: Sequence[str]) -> dict[str, str]:
 
 
 def check_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
-    """UsageError for a key ociforge writes itself (it recognises images by them)."""
+    """UsageError for a key ociforge writes itself (it recognises layers by them)."""
     for key in annotations:
         if key.startswith(RESERVED_PREFIX):
             raise UsageError(f"--annotation {key}: keys under {RESERVED_PREFIX} are ociforge's own")

@@ -8,7 +8,6 @@ bytes are what gets hashed, written and pushed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,7 +25,6 @@ from ociforge.image.config import (
     check_runtime,
     config_document,
     platform_for_system,
-    runtime_identity,
 )
 from ociforge.image.media import (
     ImageFormat,
@@ -36,7 +34,6 @@ from ociforge.image.media import (
 )
 from ociforge.image.summary import (
     BlobDescriptor,
-    ManifestSummary,
     canonical_bytes,
     manifest_document,
 )
@@ -44,12 +41,6 @@ from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
 from ociforge.tarstream import TarEntry, TarOptions
-
-# Bump when ociforge serialises configs or manifests differently (see ImagePlan.fingerprint).
-FINGERPRINT_FORMAT = 2
-# OCI manifests carry their plan's fingerprint: a push on a fresh runner that finds it on the
-# tag knows the tag is up to date without serialising anything (or loading pydantic).
-FINGERPRINT_ANNOTATION = "dev.ociforge.image.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -105,48 +96,6 @@ class ImagePlan:
     runtime: RuntimeConfig  # the user's, with the source's variables, user and entrypoint
     default_path: str | None = None
     warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
-
-    def fingerprint(self, results: Sequence[LayerFacts]) -> str:
-        """``sha256:<hex>`` over everything :meth:`finish` reads, without building anything.
-
-        Equal fingerprints give equal manifests: OCI manifests carry it (as
-        :data:`FINGERPRINT_ANNOTATION`) and the local cache maps it to the manifest's digest,
-        so a push recognises an image pushed before without loading the models that serialise
-        it. Being part of the manifest, it depends on nothing the image does not: not on host
-        paths in the options (``--add``, ``--ca-bundle``: the layer keys cover their content),
-        not on how the closure was read, not on the order of flags the JSON sorts.
-        """
-        opts = self.options
-        identity = repr(
-            (
-                FINGERPRINT_FORMAT,
-                opts.format,
-                opts.created,
-                sorted(opts.annotations.items()),
-                runtime_identity(self.runtime),
-                self.default_path,
-                _platform(self)[:2],
-                _platform(self)[2] or None,  # "" is no variant, as in the config
-                [(layer.key, layer.comment, layer.media_type) for layer in self.layers],
-                [(str(r.diff_id), str(r.digest), r.size) for r in results],
-            )
-        )
-        return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
-
-    def recognises(self, manifest: ManifestSummary, results: Sequence[LayerFacts]) -> bool:
-        """Whether ``manifest`` is the one :meth:`finish` gives, told without serialising: it
-        carries this plan's fingerprint among exactly the annotations ``finish`` writes, and
-        exactly its layer descriptors (OCI only: Docker manifests carry no fingerprint). The
-        config is the one thing not compared (only serialising gives its digest): an image
-        whose config was rewritten in place under ociforge's annotations would pass."""
-        if self.options.format != "oci" or len(manifest.layers) != len(self.layers):
-            return False
-        ours = [
-            (r.digest, r.size, layer.media_type, _layer_annotations(self, layer))
-            for layer, r in zip(self.layers, results, strict=True)
-        ]
-        theirs = [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in manifest.layers]
-        return theirs == ours and dict(manifest.annotations) == _manifest_annotations(self, results)
 
     def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -271,12 +220,6 @@ def _platform(plan: ImagePlan) -> tuple[str, str, str | None]:
     return arch, opts.os or os_name, opts.variant or variant
 
 
-def _manifest_annotations(plan: ImagePlan, results: Sequence[LayerFacts]) -> dict[str, str]:
-    if plan.options.format != "oci":  # Docker schema2 has no annotations
-        return {}
-    return {**plan.options.annotations, FINGERPRINT_ANNOTATION: plan.fingerprint(results)}
-
-
 def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
     return {KEY_ANNOTATION: layer.key} if plan.options.format == "oci" else {}
 
@@ -299,8 +242,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     config_bytes = canonical_bytes(config)
     cfg_type = config_media_type(opts.format)
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
-    # even on a fresh runner, recognises unchanged layers from the manifest alone, and the
-    # manifest carries the fingerprint of everything it was made from.
+    # even on a fresh runner, recognises unchanged layers from the manifest alone.
     layers = tuple(
         BlobDescriptor(r.digest, r.size, layer.media_type, _layer_annotations(plan, layer))
         for layer, r in zip(plan.layers, results, strict=True)
@@ -309,7 +251,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
         manifest_media_type(opts.format),
         BlobDescriptor(Digest.of(config_bytes), len(config_bytes), cfg_type, {}),
         layers,
-        _manifest_annotations(plan, results),
+        plan.options.annotations,  # none for Docker: refused by plan_image
     )
     return BuiltImage(
         config=config_bytes,

@@ -91,15 +91,10 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 class LayerCache:
-    """key -> :class:`KnownLayer`, one JSON file per key; missing or bad entries read as None.
-
-    Also image fingerprint -> manifest digest (``ImagePlan.fingerprint``): what lets a warm
-    push see that a tag is current without serialising the config and manifest again.
-    """
+    """key -> :class:`KnownLayer`, one JSON file per key; missing or bad entries read as None."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory) / "layers-v1"
-        self.images = Path(directory) / "images-v1"
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key.removeprefix('sha256:')}.json"
@@ -133,24 +128,6 @@ class LayerCache:
             "media_type": layer.media_type,
         }
         _write_json(self._path(key), entry)
-
-    def manifest_digest(self, fingerprint: str) -> Digest | None:
-        """The manifest digest an image of this fingerprint had, if recorded and readable."""
-        path = self.images / f"{fingerprint.removeprefix('sha256:')}.json"
-        try:
-            data = json.loads(path.read_text())
-            if data["fingerprint"] != fingerprint:
-                raise ValueError("entry names another fingerprint")
-            return Digest.parse(data["manifest_digest"])
-        except OSError:
-            return None
-        except (ValueError, KeyError, TypeError, OciforgeError) as exc:
-            log.warning("ignoring corrupt image cache entry %s: %s", path, exc)
-            return None
-
-    def remember_manifest(self, fingerprint: str, digest: Digest) -> None:
-        entry = {"fingerprint": fingerprint, "manifest_digest": str(digest)}
-        _write_json(self.images / f"{fingerprint.removeprefix('sha256:')}.json", entry)
 
     def forget(self, key: str) -> None:
         with contextlib.suppress(OSError):

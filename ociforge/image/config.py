@@ -142,22 +142,6 @@ def _check_runtime(runtime: RuntimeConfig) -> None:
             raise UsageError(f"{what} must be a list of arguments, not the string {argv!r}")
 
 
-def runtime_identity(runtime: RuntimeConfig) -> tuple[object, ...]:
-    """What of ``runtime`` reaches the config's JSON, in a form as ordered as that JSON:
-    labels, ports and volumes are sorted there, ``Env`` keeps its order."""
-    return (
-        None if runtime.entrypoint is None else tuple(runtime.entrypoint),  # lists from the API
-        None if runtime.cmd is None else tuple(runtime.cmd),
-        tuple(runtime.env.items()),
-        runtime.workdir,
-        runtime.user,
-        sorted(runtime.labels.items()),
-        sorted(set(parse_port_items(runtime.exposed_ports))),
-        sorted(set(runtime.volumes)),
-        runtime.stop_signal,
-    )
-
-
 def _container_document(runtime: RuntimeConfig, default_path: str | None) -> dict[str, Any]:
     env = dict(runtime.env)
     if "PATH" not in env and default_path is not None:

@@ -100,13 +100,3 @@ def test_unwritable_cache_is_only_a_warning(
 def test_default_cache_dir_follows_the_environment() -> None:
     assert default_cache_dir({"OCIFORGE_CACHE_DIR": "/x"}) == Path("/x")
     assert default_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/ociforge")
-
-
-def test_image_fingerprints_map_to_manifest_digests(tmp_path: Path) -> None:
-    cache = LayerCache(tmp_path)
-    fingerprint = "sha256:" + "f" * 64
-    assert cache.manifest_digest(fingerprint) is None
-    cache.remember_manifest(fingerprint, Digest.of(b"manifest"))
-    assert LayerCache(tmp_path).manifest_digest(fingerprint) == Digest.of(b"manifest")
-    (cache.images / ("f" * 64 + ".json")).write_text('{"fingerprint": "sha256:other"}')
-    assert cache.manifest_digest(fingerprint) is None  # corrupt: ignored, never trusted

@@ -44,7 +44,7 @@ def manifest(**changes: Any) -> dict[str, Any]:
             },
             {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": CONFIG, "size": 0},
         ],
-        "annotations": {"dev.ociforge.image.fingerprint": "sha256:f", "org.x": "y"},
+        "annotations": {"org.example.built-by": "test", "org.x": "y"},
         "futureField": {"ignored": True},
     }
     doc.update(changes)
