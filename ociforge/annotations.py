@@ -43,7 +43,9 @@ def parse_annotation_items(items: Sequence[str]) -> dict[str, str]:
 
 def check_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
     """UsageError for a key ociforge writes itself (it recognises layers by them)."""
-    for key in annotations:
+    for key, value in annotations.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UsageError(f"--annotation {key!r}: names and values must be text, got {value!r}")
         if key.startswith(RESERVED_PREFIX):
             raise UsageError(f"--annotation {key}: keys under {RESERVED_PREFIX} are ociforge's own")
     return dict(annotations)

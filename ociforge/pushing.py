@@ -139,9 +139,9 @@ def push_plan(
 
     Layers whose key the cache or a previous manifest knows are only checked (HEAD) or
     mounted, and not even checked when the tag's manifest references them; if every layer is
-    known and every tag already holds the resulting manifest,
-    nothing is uploaded at all ("up to date"). ``plan`` may be a function that makes it (reads
-    the closure with nix): it runs while the registry is asked what the tags hold.
+    known and every tag already holds the resulting manifest, nothing is uploaded at all ("up
+    to date"). ``plan`` may be a function that makes it (reads the closure with nix): it runs
+    while the registry is asked what the tags hold.
     """
     check_same_registry([*refs, *opts.cache_from])
     started = time.monotonic()
@@ -152,8 +152,11 @@ def push_plan(
             blobs = [_known_blob(known[layer.key], "skipped") for layer in made.layers]
             seconds = time.monotonic() - started
             return PushResult(_tagged(refs), str(digest), tuple(blobs), seconds, up_to_date=True)
-        push = functools.partial(
-            _upload_and_tag,
+        repo = refs[0].repository
+        # Only when every destination is that repository: a blob mounted into another one must
+        # be there for real, and a failed mount could not be told from a missing layer.
+        one_repo = all(r.repository == repo for r in refs)
+        blobs, manifest_digest = _upload_and_tag(
             client,
             made,
             refs,
@@ -161,17 +164,9 @@ def push_plan(
             current=current,
             cache=cache,
             opts=opts,
+            present=_referenced(current, repo) if one_repo else frozenset(),
+            on_event=on_event,
         )
-        present = _referenced(current, refs[0].repository)
-        try:
-            blobs, manifest_digest = push(present=present)
-        except RegistryError as error:
-            if not present or "MANIFEST_BLOB_UNKNOWN" not in error.codes:
-                raise
-            # A blob the tag's manifest names was deleted behind the registry's back (its API
-            # allows that): check every layer, upload what is missing, tag again.
-            on_event(Message("a layer the tag's manifest names is gone: checking every layer"))
-            blobs, manifest_digest = push(present=frozenset())
     return PushResult(_tagged(refs), manifest_digest, tuple(blobs), time.monotonic() - started)
 
 
@@ -185,18 +180,46 @@ def _upload_and_tag(
     cache: LayerCache | None,
     opts: RegistryOptions,
     present: frozenset[Digest],
+    on_event: ProgressCallback,
 ) -> tuple[list[PushedBlob], str]:
     """Layers, then config and manifest under every tag: what each blob took, and the
-    manifest's digest."""
+    manifest's digest. Layers in ``present`` are taken as there without a HEAD; if the
+    registry then refuses the manifest for a missing blob (one deleted behind its back),
+    every layer is checked, what is missing uploaded, and the manifest put again."""
     results, facts = _push_layers(
         client, plan, refs[0].repository, known, present=present, cache=cache, opts=opts
     )
     built = plan.finish(facts)
     blobs = [_pushed(r, d.media_type) for r, d in zip(results, built.layers, strict=True)]
     blobs += _copy_to_other_repos(client, refs, built.layers, opts)
-    manifest_digest = _tag_all(
-        client, refs, built.config, built.manifest, built.manifest_media_type, current=current
-    )
+    try:
+        manifest_digest = _tag_all(
+            client, refs, built.config, built.manifest, built.manifest_media_type, current=current
+        )
+    except RegistryError as error:
+        # distribution and GitLab name the blob MANIFEST_BLOB_UNKNOWN; a registry that says
+        # otherwise fails the push here, with its own message.
+        unchecked = any(r.digest in present for r in results)
+        if not unchecked or "MANIFEST_BLOB_UNKNOWN" not in error.codes:
+            raise
+        on_event(Message("a layer the tag's manifest names is gone: checking every layer"))
+        learned = {
+            layer.key: KnownLayer(f.diff_id, f.digest, f.size, layer.media_type)
+            for layer, f in zip(plan.layers, facts, strict=True)
+        }  # what was just uploaded is only checked again, not streamed again
+        again, manifest_digest = _upload_and_tag(
+            client,
+            plan,
+            refs,
+            known=learned,
+            current=current,
+            cache=cache,
+            opts=opts,
+            present=frozenset(),
+            on_event=on_event,
+        )
+        # A layer the first pass uploaded was uploaded, though the second pass found it there.
+        blobs = [b if b.outcome == "uploaded" else a for b, a in zip(blobs, again, strict=True)]
     return blobs, manifest_digest
 
 

@@ -160,3 +160,11 @@ def test_the_public_functions_type_hints_resolve() -> None:
     assert len(functions) >= 5
     for function in functions:
         typing.get_type_hints(function)
+
+
+def test_the_image_package_s_lazy_exports_serve_exactly_its_all() -> None:
+    import ociforge.image as image
+
+    assert set(image.__all__) == set(image._EXPORTS)
+    for name in image.__all__:
+        assert getattr(image, name) is not None, name

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         build_config,
         check_created,
         check_runtime,
+        config_document,
         parse_env_items,
         parse_label_items,
         parse_port_items,
@@ -62,9 +63,11 @@ if TYPE_CHECKING:
         parse_manifest,
     )
     from ociforge.image.oci_layout import REF_NAME, BlobRef, OciLayout, check_tag
+    from ociforge.image.summary import BlobDescriptor, config_diff_ids
 
 _EXPORTS: dict[str, str] = {
     "ACCEPT_MANIFEST_TYPES": "ociforge.image.media",
+    "BlobDescriptor": "ociforge.image.summary",
     "BlobRef": "ociforge.image.oci_layout",
     "ContainerConfig": "ociforge.image.models",
     "DOCKER_CONFIG": "ociforge.image.media",
@@ -94,6 +97,8 @@ _EXPORTS: dict[str, str] = {
     "RootFS": "ociforge.image.models",
     "RuntimeConfig": "ociforge.image.config",
     "build_config": "ociforge.image.config",
+    "config_diff_ids": "ociforge.image.summary",
+    "config_document": "ociforge.image.config",
     "canonical_json": "ociforge.image.models",
     "check_created": "ociforge.image.config",
     "check_runtime": "ociforge.image.config",
@@ -129,6 +134,7 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "REF_NAME",
+    "BlobDescriptor",
     "BlobRef",
     "ContainerConfig",
     "Descriptor",
@@ -148,6 +154,8 @@ __all__ = [
     "check_repo_tag",
     "check_runtime",
     "check_tag",
+    "config_diff_ids",
+    "config_document",
     "config_media_type",
     "describe_bytes",
     "layer_media_type",

@@ -127,7 +127,28 @@ def check_runtime(runtime: RuntimeConfig, created: str) -> None:
 
 
 def _check_runtime(runtime: RuntimeConfig) -> None:
-    # pydantic would refuse these too, but with a message no user should have to read.
+    # The config is written as plain JSON (no models): every value must be text, or the
+    # image would be pushed with a config container runtimes cannot read.
+    _check_text(runtime.env, "--env")
+    _check_text(runtime.labels, "--label")
+    for values, what in [
+        (runtime.entrypoint, "entrypoint"),
+        (runtime.cmd, "cmd"),
+        (runtime.volumes, "volumes"),
+        (runtime.exposed_ports, "exposed ports"),
+    ]:
+        if isinstance(values, str):
+            raise UsageError(f"{what} must be a list, not the string {values!r}")
+        for value in values or ():
+            if not isinstance(value, str):
+                raise UsageError(f"{what}: every item must be text, got {value!r}")
+    for one, what in [
+        (runtime.user, "user"),
+        (runtime.workdir, "workdir"),
+        (runtime.stop_signal, "stop signal"),
+    ]:
+        if one is not None and not isinstance(one, str):
+            raise UsageError(f"{what} must be text, got {one!r}")
     for key in runtime.env:
         if not _ENV_NAME_RE.fullmatch(key):
             raise UsageError(f"invalid environment variable name {key!r}")
@@ -137,9 +158,12 @@ def _check_runtime(runtime: RuntimeConfig) -> None:
     ]:
         if path is not None and not path.startswith("/"):
             raise UsageError(f"{what} must be an absolute path: {path!r}")
-    for argv, what in [(runtime.entrypoint, "entrypoint"), (runtime.cmd, "cmd")]:
-        if isinstance(argv, str):
-            raise UsageError(f"{what} must be a list of arguments, not the string {argv!r}")
+
+
+def _check_text(mapping: Mapping[str, str], option: str) -> None:
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UsageError(f"{option} {key!r}: names and values must be text, got {value!r}")
 
 
 def _container_document(runtime: RuntimeConfig, default_path: str | None) -> dict[str, Any]:

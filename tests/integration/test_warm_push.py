@@ -181,17 +181,39 @@ def test_a_layer_deleted_under_the_tags_manifest_is_uploaded_again(
     registry: RegistryServer,
     repo_name: str,
     tmp_path: Path,
+    opened: list[str],
 ) -> None:
     """Its API lets a blob go while a manifest still names it: the manifest PUT says so
-    (MANIFEST_BLOB_UNKNOWN), and the push checks every layer and tags again."""
+    (MANIFEST_BLOB_UNKNOWN), and the push checks every layer and tags again, without
+    streaming a second time what its first pass uploaded."""
+    v1, v2 = closures
+    ref = f"{registry.host}/{repo_name}:latest"
+    first = push(v1["app-1.0"], [ref], tmp_path / "cache", commit="1")
+    gone = first.blobs[0].digest  # busybox's layer: v2 has it too
+    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
+    opened.clear()
+    second = push(v2["app-1.0"], [ref], tmp_path / "cache", commit="2")
+    assert outcomes(second) == ["uploaded"] * 4  # busybox again, and v2's three new layers
+    assert sorted(opened) == sorted(set(opened)), "a layer was streamed twice"
+    check_with_skopeo(ref, tmp_path)
+
+
+def test_a_layer_deleted_from_one_of_two_destinations_is_found_before_mounting(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+) -> None:
+    """With a second repository, every layer is checked in the first one: a blob to mount
+    from it must really be there."""
     app = closures[0]["app-1.0"]
     ref = f"{registry.host}/{repo_name}:latest"
-    first = push(app, [ref], tmp_path / "cache", commit="1")
-    gone = first.blobs[1].digest
-    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
-    second = push(app, [ref], tmp_path / "cache", commit="2")
-    assert outcomes(second)[1] == "uploaded" and outcomes(second).count("skipped") == 3
-    check_with_skopeo(ref, tmp_path)
+    first = push(app, [ref], None, commit="1")
+    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{first.blobs[0].digest}").raise_for_status()
+    other = f"{registry.host}/{repo_name}-copy:latest"
+    second = push(app, [ref, other], None, commit="2")
+    assert outcomes(second)[:4] == ["uploaded", "skipped", "skipped", "skipped"]
+    check_with_skopeo(other, tmp_path)
 
 
 def test_corrupt_cache_entries_are_ignored(

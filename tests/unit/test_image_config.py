@@ -203,6 +203,13 @@ def test_same_inputs_give_same_bytes() -> None:
         (RuntimeConfig(volumes=("/ok", "rel")), "volume must be an absolute path"),
         (RuntimeConfig(env={"A B": "1"}), "environment variable name"),
         (RuntimeConfig(exposed_ports=("http",)), "'http'"),
+        # From the API, past mypy: the config is plain JSON, so these would reach the image.
+        (RuntimeConfig(user=1000), "user must be text"),  # type: ignore[arg-type]
+        (RuntimeConfig(stop_signal=9), "stop signal must be text"),  # type: ignore[arg-type]
+        (RuntimeConfig(entrypoint=("a", 1)), "entrypoint: every item"),  # type: ignore[arg-type]
+        (RuntimeConfig(cmd="echo hi"), "cmd must be a list"),  # type: ignore[arg-type]
+        (RuntimeConfig(labels={"v": 2}), "--label 'v'"),  # type: ignore[dict-item]
+        (RuntimeConfig(env={"A": None}), "--env 'A'"),  # type: ignore[dict-item]
     ],
 )
 def test_bad_runtime_options_are_usage_errors(runtime: RuntimeConfig, message: str) -> None:

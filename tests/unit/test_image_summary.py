@@ -55,7 +55,6 @@ def test_a_manifest_reads_as_the_models_read_it() -> None:
     data = json.dumps(manifest()).encode()
     summary, model = summarise_manifest(data), parse_manifest(data)
     assert summary.config.digest == model.config.sha256
-    assert summary.annotations == model.annotations
     assert [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in summary.layers] == [
         (d.sha256, d.size, d.media_type, d.annotations or {}) for d in model.layers
     ]
@@ -78,7 +77,7 @@ def test_a_docker_manifest_without_annotations_reads() -> None:
     doc = manifest(mediaType="application/vnd.docker.distribution.manifest.v2+json")
     del doc["annotations"]
     summary = summarise_manifest(json.dumps(doc).encode())
-    assert summary.annotations == {} and summary.layers[1].annotations == {}
+    assert summary.layers[1].annotations == {}
 
 
 @pytest.mark.parametrize(
@@ -99,7 +98,6 @@ def test_a_docker_manifest_without_annotations_reads() -> None:
             ),
             "map of strings",
         ),
-        (manifest(annotations=["a"]), "map of strings"),
         (manifest(mediaType=None, manifests=[]), "schema 2"),
     ],
 )
