@@ -112,26 +112,32 @@ def find_program(paths: Sequence[str], names: Sequence[str]) -> str | None:
     return None
 
 
+_SHELL_LINKS = (
+    (
+        "/bin/sh",
+        ("sh", "bash"),
+        "no bin/sh or bin/bash in the closure: GitLab jobs need /bin/sh "
+        "(add bash or busybox to the image)",
+    ),
+    (
+        "/usr/bin/env",
+        ("env",),
+        "no bin/env in the closure: scripts starting with #!/usr/bin/env will not run "
+        "(add coreutils or busybox)",
+    ),
+)
+
+
 def shell_entries(paths: Sequence[str]) -> tuple[list[TarEntry], list[str]]:
     """``/bin/sh`` and ``/usr/bin/env`` links, and a warning for each that has no program."""
     entries: list[TarEntry] = []
     warnings: list[str] = []
-    shell = find_program(paths, ("sh", "bash"))
-    if shell:
-        entries.append(TarEntry("/bin/sh", "symlink", target=shell))
-    else:
-        warnings.append(
-            "no bin/sh or bin/bash in the closure: GitLab jobs need /bin/sh "
-            "(add bash or busybox to the image)"
-        )
-    env = find_program(paths, ("env",))
-    if env:
-        entries.append(TarEntry("/usr/bin/env", "symlink", target=env))
-    else:
-        warnings.append(
-            "no bin/env in the closure: scripts starting with #!/usr/bin/env will not run "
-            "(add coreutils or busybox)"
-        )
+    for link, names, missing in _SHELL_LINKS:
+        program = find_program(paths, names)
+        if program:
+            entries.append(TarEntry(link, "symlink", target=program))
+        else:
+            warnings.append(missing)
     return entries, warnings
 
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from ociforge.image.config import (
         EPOCH_PLUS_ONE,
         RuntimeConfig,
-        build_config,
         check_created,
         check_runtime,
         config_document,
@@ -96,7 +95,6 @@ _EXPORTS: dict[str, str] = {
     "REF_NAME": "ociforge.image.oci_layout",
     "RootFS": "ociforge.image.models",
     "RuntimeConfig": "ociforge.image.config",
-    "build_config": "ociforge.image.config",
     "config_diff_ids": "ociforge.image.summary",
     "config_document": "ociforge.image.config",
     "canonical_json": "ociforge.image.models",
@@ -148,7 +146,6 @@ __all__ = [
     "Platform",
     "RootFS",
     "RuntimeConfig",
-    "build_config",
     "canonical_json",
     "check_created",
     "check_repo_tag",

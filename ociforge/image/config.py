@@ -10,13 +10,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-
-if TYPE_CHECKING:  # imported where used: pydantic is only paid for when a model is asked for
-    from ociforge.image.models import ImageConfig
 
 EPOCH_PLUS_ONE = "1970-01-01T00:00:01Z"
 CREATED_BY = "ociforge"
@@ -119,7 +116,7 @@ def check_created(created: str) -> str:
 
 
 def check_runtime(runtime: RuntimeConfig, created: str) -> None:
-    """UsageError for anything :func:`build_config` would refuse; call it before any work, so
+    """UsageError for anything :func:`config_document` would refuse; call it before any work, so
     a typo in ``--expose`` or ``--created`` does not wait until every layer is written."""
     _check_runtime(runtime)
     parse_port_items(runtime.exposed_ports)
@@ -202,8 +199,7 @@ def config_document(
 
     ``history_comments`` gives one comment per layer (or none at all: then each layer is
     described by its number). ``PATH``: the user's ``env`` wins, else ``default_path``.
-    Plain JSON, not models: see :mod:`ociforge.image.summary` (:func:`build_config` gives it
-    as a model).
+    Plain JSON, not models: see :mod:`ociforge.image.summary`.
     """
     if history_comments and len(history_comments) != len(diff_ids):
         raise UsageError(
@@ -223,30 +219,3 @@ def config_document(
         rootfs={"type": "layers", "diff_ids": [str(d) for d in diff_ids]},
         history=[{"created": created, "created_by": CREATED_BY, "comment": c} for c in comments],
     )
-
-
-def build_config(
-    *,
-    runtime: RuntimeConfig,
-    architecture: str,
-    os: str,
-    variant: str | None,
-    diff_ids: Sequence[Digest],
-    history_comments: Sequence[str],
-    created: str = EPOCH_PLUS_ONE,
-    default_path: str | None,
-) -> ImageConfig:
-    """:func:`config_document` as a model."""
-    from ociforge.image.models import ImageConfig  # noqa: PLC0415  (see TYPE_CHECKING)
-
-    document = config_document(
-        runtime=runtime,
-        architecture=architecture,
-        os=os,
-        variant=variant,
-        diff_ids=diff_ids,
-        history_comments=history_comments,
-        created=created,
-        default_path=default_path,
-    )
-    return ImageConfig.model_validate(document)

@@ -31,10 +31,11 @@ from ociforge.image import (
     Manifest,
     OciLayout,
     RuntimeConfig,
-    build_config,
     canonical_json,
+    config_document,
     describe_bytes,
 )
+from ociforge.image.summary import canonical_bytes
 from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def image() -> Image:
         tar_layer({"hello.txt": b"hello from ociforge\n", "etc/motd": b"motd\n"}),
         tar_layer({"data/big.bin": bytes(range(256)) * 512}, {"greeting": "/hello.txt"}),
     )
-    config = build_config(
+    config = config_document(
         runtime=RuntimeConfig(
             entrypoint=("/bin/hello",),
             cmd=("--loud",),
@@ -98,7 +99,7 @@ def image() -> Image:
         history_comments=["first", "second"],
         default_path="/bin",
     )
-    return Image(layers, canonical_json(config))
+    return Image(layers, canonical_bytes(config))
 
 
 def write_oci(image: Image, path: Path, tag: str) -> tuple[bytes, list[Digest]]:

@@ -10,13 +10,13 @@ from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.image import (
     RuntimeConfig,
-    build_config,
-    canonical_json,
+    config_document,
     parse_env_items,
     parse_label_items,
     parse_port_items,
     platform_for_system,
 )
+from ociforge.image.summary import canonical_bytes
 
 L1 = Digest.of(b"layer one")
 L2 = Digest.of(b"layer two")
@@ -91,12 +91,12 @@ def config_json(runtime: RuntimeConfig, **kwargs: object) -> dict[str, object]:
         "default_path": "/nix/store/x-hello/bin:/bin",
     }
     options.update(kwargs)
-    config = build_config(**options)  # type: ignore[arg-type]
-    result: dict[str, object] = json.loads(canonical_json(config))
+    config = config_document(**options)  # type: ignore[arg-type]
+    result: dict[str, object] = json.loads(canonical_bytes(config))
     return result
 
 
-def test_build_config_full() -> None:
+def test_config_document_full() -> None:
     runtime = RuntimeConfig(
         entrypoint=("/bin/hello",),
         cmd=("--greeting", "hi"),
@@ -168,8 +168,8 @@ def test_created_is_used_everywhere_and_validated() -> None:
 
 def test_same_inputs_give_same_bytes() -> None:
     runtime = RuntimeConfig(env={"B": "2", "A": "1"}, labels={"z": "1", "a": "2"})
-    first = canonical_json(
-        build_config(
+    first = canonical_bytes(
+        config_document(
             runtime=runtime,
             architecture="amd64",
             os="linux",
@@ -179,8 +179,8 @@ def test_same_inputs_give_same_bytes() -> None:
             default_path=None,
         )
     )
-    second = canonical_json(
-        build_config(
+    second = canonical_bytes(
+        config_document(
             runtime=runtime,
             architecture="amd64",
             os="linux",

@@ -14,10 +14,10 @@ from ociforge.errors import ImageError, UsageError
 from ociforge.image import (
     DockerArchiveWriter,
     RuntimeConfig,
-    build_config,
-    canonical_json,
     check_repo_tag,
+    config_document,
 )
+from ociforge.image.summary import canonical_bytes
 
 
 def tiny_layer(name: str, data: bytes) -> bytes:
@@ -30,7 +30,7 @@ def tiny_layer(name: str, data: bytes) -> bytes:
 
 
 def config_for(*layers: bytes) -> bytes:
-    config = build_config(
+    config = config_document(
         runtime=RuntimeConfig(cmd=("/hello",)),
         architecture="amd64",
         os="linux",
@@ -39,7 +39,7 @@ def config_for(*layers: bytes) -> bytes:
         history_comments=[],
         default_path=None,
     )
-    return canonical_json(config)
+    return canonical_bytes(config)
 
 
 class PipeLike:
