@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ociforge.errors import UsageError
-from ociforge.image.config import parse_env_items
+from ociforge.image.config import check_text, parse_env_items
 
 __all__ = [
     "CI_ANNOTATIONS",
@@ -43,9 +43,8 @@ def parse_annotation_items(items: Sequence[str]) -> dict[str, str]:
 
 def check_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
     """UsageError for a key ociforge writes itself (it recognises layers by them)."""
-    for key, value in annotations.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise UsageError(f"--annotation {key!r}: names and values must be text, got {value!r}")
+    check_text(annotations, "--annotation")
+    for key in annotations:
         if key.startswith(RESERVED_PREFIX):
             raise UsageError(f"--annotation {key}: keys under {RESERVED_PREFIX} are ociforge's own")
     return dict(annotations)

@@ -65,19 +65,36 @@ class ImageUser:
     home: str
 
 
+_WELL_KNOWN_IDS = {"root": 0, "users": 100, "nobody": 65534, "nogroup": 65534}
+_WELL_KNOWN_NAMES = {0: "root", 65534: "nobody"}
+
+
 def parse_user(spec: str | None, *, home: str | None = None) -> ImageUser:
-    """``None``/``root`` -> root; ``NAME`` -> uid/gid 1000; ``UID[:GID]`` -> ``user`` (uid)."""
+    """``USER[:GROUP]`` as OCI's ``User`` takes it, each a name or a number.
+
+    ``None``/``root`` -> root; a name -> uid 1000 (0, 100 and 65534 for root, users and
+    nobody/nogroup); a number -> ``user`` (``root``, ``nobody``); no group -> the user's own.
+    """
     text = (spec or "root").strip()
-    if _USER_NAME.fullmatch(text):
-        uid = {"root": 0, "nobody": 65534}.get(text, 1000)
-        name, gid, group = text, uid, text
-    elif re.fullmatch(r"\d+(:\d+)?", text):
-        uid_text, _, gid_text = text.partition(":")
-        uid, gid = int(uid_text), int(gid_text or uid_text)
-        name = {0: "root", 65534: "nobody"}.get(uid, "user")
-        group = {0: "root", 65534: "nobody"}.get(gid, name)
+    user_part, colon, group_part = text.partition(":")
+    if not (_USER_NAME.fullmatch(user_part) or user_part.isdigit()) or (
+        colon and not (_USER_NAME.fullmatch(group_part) or group_part.isdigit())
+    ):
+        raise UsageError(
+            f"invalid --user {spec!r}: use NAME or UID, optionally :GROUP or :GID (ci, 1000:100)"
+        )
+    if user_part.isdigit():
+        uid = int(user_part)
+        name = _WELL_KNOWN_NAMES.get(uid, "user")
     else:
-        raise UsageError(f"invalid --user {spec!r}: use a name (ci) or UID[:GID] (1000:1000)")
+        name, uid = user_part, _WELL_KNOWN_IDS.get(user_part, 1000)
+    if not colon:
+        gid, group = uid, name
+    elif group_part.isdigit():
+        gid = int(group_part)
+        group = _WELL_KNOWN_NAMES.get(gid, name)
+    else:
+        group, gid = group_part, _WELL_KNOWN_IDS.get(group_part, uid)
     default_home = "/root" if uid == 0 else f"/home/{name}"
     chosen = home or default_home
     if not chosen.startswith("/") or os.path.normpath(chosen) != chosen:
@@ -159,9 +176,9 @@ def user_entries(user: ImageUser) -> list[TarEntry]:
         f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh\n"
         for uid, (name, gid, home) in sorted(people.items())
     )
-    groups = {0: "root", 65534: "nobody"}
-    groups.setdefault(user.gid, user.group)
-    group = "".join(f"{name}:x:{gid}:\n" for gid, name in sorted(groups.items()))
+    # The user's group by the name --user gave (nobody:nogroup names 65534 twice: both stay).
+    groups = {(0, "root"), (65534, "nobody"), (user.gid, user.group)}
+    group = "".join(f"{name}:x:{gid}:\n" for gid, name in sorted(groups))
     entries = [
         TarEntry("/etc/passwd", "file", mode=0o644, data=passwd.encode()),
         TarEntry("/etc/group", "file", mode=0o644, data=group.encode()),

@@ -284,8 +284,7 @@ def _surveyed(
     with ExitStack() as stack:
         with plan_errors_first(planning):
             client = stack.enter_context(open_client(refs[0].registry, opts, on_event))
-            current = _tags(client, refs, scopes, planning.failed)
-            made = planning.result()
+        made, current = tags_while_planning(planning, client, refs, scopes)
         sources = _sources(client, current, opts, scopes)
         yield client, made, current, known_layers(made, cache, client, sources, scopes)
 
@@ -366,6 +365,18 @@ def _push_scopes(refs: Sequence[Reference], opts: RegistryOptions) -> list[str]:
     if opts.mount_from:
         pull.append(repository_scope(opts.mount_from, "pull"))
     return list(dict.fromkeys([*push, *pull]))
+
+
+def tags_while_planning(
+    planning: Background[ImagePlan],
+    client: RegistryClient,
+    refs: Sequence[Reference],
+    scopes: Sequence[str],
+) -> tuple[ImagePlan, Tags]:
+    """The plan, and what the tags hold, read while it is being made (see ``_surveyed``)."""
+    with plan_errors_first(planning):
+        current = _tags(client, refs, scopes, planning.failed)
+        return planning.result(), current
 
 
 @contextmanager

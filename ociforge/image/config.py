@@ -126,8 +126,8 @@ def check_runtime(runtime: RuntimeConfig, created: str) -> None:
 def _check_runtime(runtime: RuntimeConfig) -> None:
     # The config is written as plain JSON (no models): every value must be text, or the
     # image would be pushed with a config container runtimes cannot read.
-    _check_text(runtime.env, "--env")
-    _check_text(runtime.labels, "--label")
+    check_text(runtime.env, "--env")
+    check_text(runtime.labels, "--label")
     for values, what in [
         (runtime.entrypoint, "entrypoint"),
         (runtime.cmd, "cmd"),
@@ -157,7 +157,8 @@ def _check_runtime(runtime: RuntimeConfig) -> None:
             raise UsageError(f"{what} must be an absolute path: {path!r}")
 
 
-def _check_text(mapping: Mapping[str, str], option: str) -> None:
+def check_text(mapping: Mapping[str, str], option: str) -> None:
+    """UsageError unless every name and value is text (API callers can pass anything)."""
     for key, value in mapping.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise UsageError(f"{option} {key!r}: names and values must be text, got {value!r}")

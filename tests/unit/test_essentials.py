@@ -123,6 +123,10 @@ def test_tmp_dirs_are_sticky_and_world_writable_in_the_tar() -> None:
         ("1001", ("user", 1001, 1001, "user", "/home/user")),
         ("1001:100", ("user", 1001, 100, "user", "/home/user")),
         ("nobody", ("nobody", 65534, 65534, "nobody", "/home/nobody")),
+        ("ci:ci", ("ci", 1000, 1000, "ci", "/home/ci")),
+        ("app:users", ("app", 1000, 100, "users", "/home/app")),
+        ("nobody:nogroup", ("nobody", 65534, 65534, "nogroup", "/home/nobody")),
+        ("1000:users", ("user", 1000, 100, "users", "/home/user")),
     ],
 )
 def test_parse_user(spec: str | None, expected: tuple[str, int, int, str, str]) -> None:
@@ -130,7 +134,7 @@ def test_parse_user(spec: str | None, expected: tuple[str, int, int, str, str]) 
     assert (user.name, user.uid, user.gid, user.group, user.home) == expected
 
 
-@pytest.mark.parametrize("spec", ["ci:ci", "Bad Name", "1000:", "-1"])
+@pytest.mark.parametrize("spec", ["Bad Name", "1000:", "-1", "ci:a b", ":100"])
 def test_parse_user_rejects_what_it_cannot_write_to_passwd(spec: str) -> None:
     with pytest.raises(UsageError, match="--user"):
         parse_user(spec)
@@ -363,3 +367,9 @@ def test_everything_can_be_switched_off() -> None:
     assert essentials([], off) == essentials([], off)
     assert essentials([], off).entries == ()
     assert essentials([], off).warnings == ()
+
+
+def test_a_group_named_by_user_is_in_etc_group_even_when_its_gid_has_a_name() -> None:
+    """--user nobody:nogroup: the runtime looks the group up by name."""
+    group = by_name(user_entries(parse_user("nobody:nogroup")))["/etc/group"].data
+    assert group == b"root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\n"

@@ -13,7 +13,7 @@ import pytest
 from ociforge.assemble import ImagePlan
 from ociforge.errors import AuthError, RegistryError, UsageError
 from ociforge.pipeline import Background
-from ociforge.pushing import Tags, _tags, plan_errors_first
+from ociforge.pushing import Tags, _tags, tags_while_planning
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials, RegistryClient
 
@@ -25,11 +25,8 @@ def client(handler: httpx.MockTransport, **kw: object) -> RegistryClient:
 
 
 def overlapped(plan: Callable[[], object], c: RegistryClient) -> tuple[object, Tags]:
-    """What ``_surveyed`` does: the plan in a thread while the tags are read."""
     planning = Background(plan, name="test-plan")
-    with plan_errors_first(planning):
-        tags = _tags(c, [REF], ["repository:group/app:pull,push"], planning.failed)
-    return planning.result(), tags
+    return tags_while_planning(planning, c, [REF], ["repository:group/app:pull,push"])  # type: ignore[arg-type]
 
 
 def test_a_failed_plan_stops_the_registry_retries_and_is_the_error() -> None:
