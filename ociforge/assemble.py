@@ -63,6 +63,15 @@ class ImageOptions:
     entrypoint_hook: bool = False  # a dev shell's shellHook run by the image's entrypoint
     annotations: Mapping[str, str] = field(default_factory=dict)  # manifest (OCI only)
 
+    def __post_init__(self) -> None:
+        # Checked here, for API callers too, before nix builds anything.
+        _check_format(self)
+        check_runtime(self.runtime, self.created)
+        if self.entrypoint_hook and self.runtime.entrypoint is not None:
+            raise UsageError(
+                "--entrypoint-hook sets the entrypoint: drop --entrypoint (use --cmd for it)"
+            )
+
 
 @dataclass(frozen=True)
 class PlannedLayer:
@@ -125,8 +134,6 @@ def plan_image(
 ) -> ImagePlan:
     """Group the closure into layers; the last one links the roots into ``/`` and holds the
     essentials, added files and the dev shell's entrypoint."""
-    _check_format(options)
-    check_runtime(options.runtime, options.created)
     if isinstance(source, Closure):
         source = ImageSource(source)
     closure = source.closure
@@ -177,11 +184,8 @@ def _runtime(
     user: str | None,
     entrypoint: tuple[str, ...] | None,
 ) -> RuntimeConfig:
-    """The user's settings win over what the source brings."""
-    if entrypoint is not None and user_runtime.entrypoint is not None:
-        raise UsageError(
-            "--entrypoint-hook sets the entrypoint: drop --entrypoint (use --cmd for the command)"
-        )
+    """The user's settings win over what the source brings (ImageOptions refuses both
+    --entrypoint and --entrypoint-hook)."""
     return dataclasses.replace(
         user_runtime,
         env={**env, **user_runtime.env},

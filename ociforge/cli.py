@@ -32,7 +32,6 @@ from ociforge.image import (
     EPOCH_PLUS_ONE,
     RuntimeConfig,
     check_created,
-    check_runtime,
     parse_env_items,
 )
 from ociforge.layering import STRATEGIES
@@ -251,8 +250,7 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         volumes=tuple(kw["volume"]),
     )
     created = _created(kw["created"])
-    check_runtime(runtime, created)  # before nix builds anything
-    return ImageOptions(
+    return ImageOptions(  # checks itself, before nix builds anything
         format=kw["image_format"],
         strategy=kw["strategy"],
         max_layers=kw["max_layers"],
