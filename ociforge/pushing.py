@@ -97,7 +97,8 @@ class PushResult:
     up_to_date: bool = False  # every tag already held this manifest: nothing was sent
 
 
-def check_same_registry(refs: Sequence[Reference]) -> None:
+def check_destinations(refs: Sequence[Reference], cache_from: Sequence[Reference] = ()) -> None:
+    """One registry for the whole push; destinations are tags, --cache-from may be digests."""
     if not refs:
         raise UsageError("give at least one destination REGISTRY/REPOSITORY[:TAG]")
     if len({r.registry for r in refs}) > 1:
@@ -105,6 +106,12 @@ def check_same_registry(refs: Sequence[Reference]) -> None:
     for ref in refs:
         if ref.digest is not None:
             raise UsageError(f"destination {ref} names a digest: push to a tag (REPO:TAG)")
+    for ref in cache_from:
+        if ref.registry != refs[0].registry:
+            raise UsageError(
+                f"--cache-from {ref} is on another registry than the destinations: "
+                f"layers are only reused within {refs[0].registry}"
+            )
 
 
 def open_client(registry: str, opts: RegistryOptions, on_event: ProgressCallback) -> RegistryClient:
@@ -143,7 +150,7 @@ def push_plan(
     to date"). ``plan`` may be a function that makes it (reads the closure with nix): it runs
     while the registry is asked what the tags hold.
     """
-    check_same_registry([*refs, *opts.cache_from])
+    check_destinations(refs, opts.cache_from)
     started = time.monotonic()
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
     with _surveyed(plan, refs, opts, cache, on_event) as (client, made, current, known):
@@ -251,7 +258,7 @@ def preview_push(
     on_event: ProgressCallback = ignore_event,
 ) -> PushPreview:
     """Everything ``push_plan`` would decide, with HEAD requests only: nothing is uploaded."""
-    check_same_registry([*refs, *opts.cache_from])
+    check_destinations(refs, opts.cache_from)
     cache = LayerCache(opts.cache_dir) if opts.cache_dir else None
     with _surveyed(plan, refs, opts, cache, on_event) as (client, made, current, known):
         up_to_date = _held_by_every_tag(made, known, refs, current) is not None
@@ -464,7 +471,7 @@ def push_layout(
     """Push an image already built into an OCI layout, byte for byte."""
     from ociforge.image import OciLayout, parse_manifest  # noqa: PLC0415  (pydantic, on demand)
 
-    check_same_registry(refs)
+    check_destinations(refs)
     started = time.monotonic()
     layout = OciLayout(layout_dir, create=False)
     manifest_bytes, media_type = layout.resolve(tag)

@@ -13,7 +13,7 @@ import pytest
 from ociforge.assemble import ImagePlan
 from ociforge.errors import AuthError, RegistryError, UsageError
 from ociforge.pipeline import Background
-from ociforge.pushing import Tags, _tags, tags_while_planning
+from ociforge.pushing import Tags, _tags, check_destinations, tags_while_planning
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials, RegistryClient
 
@@ -113,3 +113,12 @@ def test_tags_are_read_once_per_tag() -> None:
         tags: Tags = _tags(c, [REF, REF], ["repository:group/app:pull,push"], threading.Event())
     assert tags == {("group/app", "latest"): None}
     assert paths == ["/v2/", "/v2/group/app/manifests/latest"]
+
+
+def test_cache_from_may_name_a_digest_but_not_another_registry() -> None:
+    pinned = parse_reference("registry.test/group/base@sha256:" + "a" * 64)
+    check_destinations([REF], [pinned])
+    with pytest.raises(UsageError, match="--cache-from other.test/base:1 is on another registry"):
+        check_destinations([REF], [parse_reference("other.test/base:1")])
+    with pytest.raises(UsageError, match="destination .* names a digest"):
+        check_destinations([pinned])
