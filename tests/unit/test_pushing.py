@@ -118,7 +118,7 @@ def test_tags_are_read_once_per_tag() -> None:
 def test_cache_from_may_name_a_digest_but_not_another_registry() -> None:
     pinned = parse_reference("registry.test/group/base@sha256:" + "a" * 64)
     check_destinations([REF], [pinned])
-    with pytest.raises(UsageError, match="--cache-from other.test/base:1 is on another registry"):
+    with pytest.raises(UsageError, match=r"--cache-from \S+ is on another registry"):
         check_destinations([REF], [parse_reference("other.test/base:1")])
-    with pytest.raises(UsageError, match="destination .* names a digest"):
+    with pytest.raises(UsageError, match=r"destination \S+ names a digest"):
         check_destinations([pinned])
