@@ -48,9 +48,15 @@ class HashingCounter:
         self.size += len(chunk)
 
     def tap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.update(chunk)
-            yield chunk
+        """``chunks`` hashed as they pass; closing this closes ``chunks`` (and its open file)."""
+        try:
+            for chunk in chunks:
+                self.update(chunk)
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     @property
     def digest(self) -> Digest:

@@ -62,7 +62,7 @@ class LayerStream:
         threads = check_threads(threads)  # a bad count fails here, not at the first chunk
         self._box: list[LayerDigests] = []  # the pipeline's result; not `self`: no ref cycle
         tar = HashingCounter()
-        self._tar = Prefetch(_hashed(tar_chunks, tar), depth=_READ_AHEAD)
+        self._tar = Prefetch(tar.tap(tar_chunks), depth=_READ_AHEAD)
         self._chunks = _pipeline(self._tar, tar, compression, threads, self._box)
 
     def __iter__(self) -> LayerStream:
@@ -106,18 +106,6 @@ class LayerStream:
 
 
 _READ_AHEAD = 2  # tar chunks (1 MiB each) read ahead of the compressor
-
-
-def _hashed(chunks: Iterator[bytes], counter: HashingCounter) -> Iterator[bytes]:
-    """``chunks`` hashed as they pass; closing this closes ``chunks`` (and its open file)."""
-    try:
-        for chunk in chunks:
-            counter.update(chunk)
-            yield chunk
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
 
 
 def _pipeline(

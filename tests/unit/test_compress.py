@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from ociforge.compress import Compression, CompressionOptions, compress_chunks
+from ociforge.compress import Compression, CompressionOptions, _fixed_blocks, compress_chunks
 from ociforge.errors import UsageError
 
 ALGORITHMS = [Compression.GZIP, Compression.ZSTD]
@@ -145,6 +145,16 @@ def test_thread_count_does_not_change_a_byte(algorithm: Compression) -> None:
 def test_thread_count_must_be_positive(bad: int) -> None:
     with pytest.raises(UsageError, match="thread count"):
         compress_chunks([b"x"], CompressionOptions(), threads=bad)
+
+
+def test_blocks_of_a_reused_buffer_do_not_change_when_it_is_overwritten() -> None:
+    """What lets a producer reuse its buffer while blocks are still in flight (gzip's workers;
+    libzstd copies its input itself, so the test below cannot catch this for zstd)."""
+    buffer = bytearray(b"a" * 8)
+    blocks = _fixed_blocks([buffer], 4)  # type: ignore[list-item]
+    first = next(blocks)
+    buffer[:] = b"b" * 8
+    assert bytes(first) == b"aaaa"
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -242,8 +242,9 @@ def test_check_threads_rejects_what_is_not_a_positive_int(bad: object) -> None:
         check_threads(bad)  # type: ignore[arg-type]
 
 
-def test_check_threads_defaults_to_every_core() -> None:
-    assert check_threads(None) == cpu_count()
+def test_check_threads_defaults_to_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: 7)
+    assert check_threads(None) == 7
     assert check_threads(3) == 3
 
 
