@@ -6,7 +6,7 @@ not raise. ``key`` names the thing in progress (a layer's short id, "config", "m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,3 +60,11 @@ ProgressCallback = Callable[[Event], None]
 
 def ignore_event(event: Event) -> None:
     """The default callback: progress goes nowhere."""
+
+
+def reporting(chunks: Iterable[bytes], key: str, on_event: ProgressCallback) -> Iterator[bytes]:
+    """``chunks`` unchanged, with a :class:`BlobProgress` for each once the consumer asks for
+    the next one, i.e. once this one was written (the progress bars' feed)."""
+    for chunk in chunks:
+        yield chunk
+        on_event(BlobProgress(key, len(chunk)))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from ociforge.assemble import BuiltImage, ImagePlan
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.events import BlobFinished, BlobProgress, BlobStarted, ProgressCallback
+from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
 from ociforge.layer import LayerDigests, LayerStream
 
 if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
@@ -81,7 +81,7 @@ def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) ->
         stream = layer.recipe.open()
         # The layer stream hashes its blob already: a second sha256 pass would be pure cost.
         digest, size = layout.write_blob_stream(
-            _reporting(stream, key, on_event), hashed=_hashed_by(stream)
+            reporting(stream, key, on_event), hashed=_hashed_by(stream)
         )
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(digest)))
@@ -116,7 +116,7 @@ def _write_archive(
         size = layer.recipe.tar_size()
         on_event(BlobStarted(key, size, layer.comment))
         stream = layer.recipe.open()
-        writer.add_layer(_reporting(stream, key, on_event), size, hashed=_diff_id_of(stream))
+        writer.add_layer(reporting(stream, key, on_event), size, hashed=_diff_id_of(stream))
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
     built = plan.finish(results)
@@ -131,13 +131,6 @@ def _hashed_by(stream: LayerStream) -> Callable[[], tuple[Digest, int]]:
 
 def _diff_id_of(stream: LayerStream) -> Callable[[], Digest]:
     return lambda: stream.result.diff_id
-
-
-def _reporting(chunks: Iterable[bytes], key: str, on_event: ProgressCallback) -> Iterator[bytes]:
-    """``chunks`` unchanged, with a :class:`BlobProgress` for each (the progress bars' feed)."""
-    for chunk in chunks:
-        on_event(BlobProgress(key, len(chunk)))
-        yield chunk
 
 
 def _repo_tags(plan: ImagePlan, target: DockerArchiveTarget) -> Sequence[str]:

@@ -29,7 +29,7 @@ import httpx
 
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, RegistryError, UsageError
-from ociforge.events import BlobFinished, BlobProgress, BlobStarted
+from ociforge.events import BlobFinished, BlobProgress, BlobStarted, reporting
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import Body, RegistryClient
 from ociforge.registry.streams import BlobStream, BytesBlob, StreamOpener
@@ -295,7 +295,7 @@ class _Session:
             self.patch(stream.data, {})
             self.client.on_event(BlobProgress(self.key, stream.size))
         else:
-            self.patch(_reporting(_checked(stream, self.cancel), self.client, self.key), {})
+            self.patch(reporting(_checked(stream, self.cancel), self.key, self.client.on_event), {})
         digest, size = stream.digest, stream.size
         if expected is not None and digest != expected:
             self.abandon()
@@ -349,13 +349,6 @@ def _checked(chunks: Iterable[bytes], cancel: threading.Event | None) -> Iterato
             raise RegistryError(f"upload {_CANCELLED}")
         if chunk:
             yield chunk
-
-
-def _reporting(chunks: Iterable[bytes], client: RegistryClient, key: str) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-        # Reported once httpx asks for the next chunk, i.e. after this one was written.
-        client.on_event(BlobProgress(key, len(chunk)))
 
 
 def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
