@@ -419,6 +419,9 @@ def _store_chunks(
     yield from out.finish()
 
 
+_USTAR_SIZE_MAX = 0o77777777777  # eleven octal digits; larger files need a PAX size record
+
+
 def _walk(root: str) -> Iterator[tuple[bytes, os.stat_result]]:
     """``root`` and everything under it, in no particular order (sizes add up in any order)."""
     path = os.fsencode(root)
@@ -440,9 +443,14 @@ def _entry_size(headers: _Headers, path: bytes, st: os.stat_result) -> int:
     name = path[1:] if headers.relative else path
     if stat.S_ISREG(mode):
         size = st.st_size
-        header = headers.entry(_decode(name), mode & 0o7777, _REGTYPE, size)
-        return len(header) + size + -size % _BLOCK
+        if headers.plain and _plain_name(name) and size <= _USTAR_SIZE_MAX:
+            header = _BLOCK  # no PAX record: one ustar block, without building it
+        else:
+            header = len(headers.entry(_decode(name), mode & 0o7777, _REGTYPE, size))
+        return header + size + -size % _BLOCK
     if stat.S_ISDIR(mode):
+        if headers.plain and _plain_name(name + b"/"):
+            return _BLOCK
         return len(headers.entry(_decode(name) + "/", mode & 0o7777, _DIRTYPE, 0))
     return len(_other_header(headers, path, name, st))
 
