@@ -33,6 +33,7 @@ from ociforge.registry import (
     Credentials,
     HashingStream,
     RegistryClient,
+    Transport,
     get_manifest,
     put_manifest,
     repository_scope,
@@ -65,6 +66,10 @@ class RegistryOptions:
     # and leaves only what the registry's previous manifests tell.
     cache_dir: str | None = field(default_factory=lambda: str(default_cache_dir()))
     cache_from: tuple[Reference, ...] = ()  # more images (same registry) to reuse layers from
+    # The test seam: an httpx transport (httpx.MockTransport, a fault injector) instead of the
+    # network, and the first retry wait in seconds (doubles each time; Retry-After wins).
+    transport: Transport | None = None
+    backoff: float = 0.5
 
     def __post_init__(self) -> None:
         # Checked here, for API callers too, before nix builds anything.
@@ -128,6 +133,8 @@ def open_client(registry: str, opts: RegistryOptions, on_event: ProgressCallback
         insecure=opts.insecure,
         ca_file=opts.ca_file,
         retries=opts.retries,
+        backoff=opts.backoff,
+        transport=opts.transport,
         on_event=on_event,
     )
 

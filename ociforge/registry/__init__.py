@@ -7,7 +7,7 @@ layers, tar streams or nix. Operations are functions taking a :class:`RegistryCl
 from __future__ import annotations
 
 from ociforge.registry.auth import Challenge, merge_scopes, parse_challenges, repository_scope
-from ociforge.registry.client import RegistryClient, check_ca_bundle
+from ociforge.registry.client import RegistryClient, Transport, check_ca_bundle
 from ociforge.registry.credentials import Credentials, auth_file_paths, resolve_credentials
 from ociforge.registry.manifests import (
     DOCKER_MANIFEST,
@@ -47,6 +47,7 @@ __all__ = [
     "HashingStream",
     "RegistryClient",
     "StreamOpener",
+    "Transport",
     "auth_file_paths",
     "blob_exists",
     "check_ca_bundle",

@@ -39,6 +39,7 @@ from ociforge.registry.responses import (
 log = logging.getLogger(__name__)
 
 Body = bytes | Iterable[bytes] | None
+Transport = httpx.BaseTransport  # what RegistryClient talks through (the test seam)
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Docker Hub's references say docker.io; its API lives elsewhere.
