@@ -498,14 +498,36 @@ def test_runner_adapts_its_command_lines_to_the_nix_version(
     assert seen[show][-1] == APP_DRV
 
 
+@pytest.fixture
+def served_drv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deriver's system is read from its .drv file (no nix call, so no version probe).
+    The fixture's .drv is in no real store: serve it, so tests do not depend on this machine."""
+    import io
+
+    import ociforge.nix.runner as runner
+
+    real_open = open
+
+    def drv_file(path: str, *args: object, **kw: object) -> object:
+        if path == APP_DRV:
+            return io.BytesIO(b'Derive([],[],[],"aarch64-linux","/bin/sh",[],[])')
+        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(runner, "open", drv_file, raising=False)
+
+
 @pytest.mark.parametrize("installable", [APP, ".#default"])
-def test_store_paths_and_flakes_need_no_version_probe(tmp_path: Path, installable: str) -> None:
+def test_store_paths_and_flakes_need_no_version_probe(
+    tmp_path: Path, installable: str, served_drv: None
+) -> None:
     nix, log = fake_nix(tmp_path, "nix (Nix) 2.33.1")
     assert read_closure(installable, nix=nix).roots == (APP,)
     assert "--version" not in calls(log)
 
 
-def test_a_nix_that_refuses_the_bare_json_flag_is_asked_again(tmp_path: Path) -> None:
+def test_a_nix_that_refuses_the_bare_json_flag_is_asked_again(
+    tmp_path: Path, served_drv: None
+) -> None:
     nix, log = fake_nix(tmp_path, "nix (Nix) 2.99.0")
     assert dict(read_closure(APP, nix=nix).paths) == EXPECTED
     tried = [json.loads(line) for line in log.read_text().splitlines()]
