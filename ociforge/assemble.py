@@ -26,12 +26,6 @@ from ociforge.image.config import (
     config_document,
     platform_for_system,
 )
-from ociforge.image.media import (
-    ImageFormat,
-    config_media_type,
-    layer_media_type,
-    manifest_media_type,
-)
 from ociforge.image.summary import (
     BlobDescriptor,
     canonical_bytes,
@@ -40,6 +34,12 @@ from ociforge.image.summary import (
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
+from ociforge.spec import (
+    ImageFormat,
+    config_media_type,
+    layer_media_type,
+    manifest_media_type,
+)
 from ociforge.tarstream import TarEntry, TarOptions
 
 

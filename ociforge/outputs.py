@@ -17,11 +17,10 @@ from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
 from ociforge.layer import LayerDigests, LayerStream
+from ociforge.spec import TAG_RE
 
 if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
     from ociforge.image import DockerArchiveWriter
-
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def parse_target(text: str) -> Target:
         )
     if kind == "oci":
         directory, _, tag = rest.rpartition(":")
-        if directory and _TAG_RE.fullmatch(tag) and "/" not in tag:
+        if directory and TAG_RE.fullmatch(tag) and "/" not in tag:
             return OciTarget(directory, tag)
         return OciTarget(rest)
     if kind == "docker-archive":

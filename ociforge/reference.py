@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
+from ociforge.spec import TAG_RE
 
 _HOST_RE = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
@@ -23,7 +24,6 @@ _HOST_RE = re.compile(
     r"(?::[0-9]{1,5})?"
 )
 _COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*")
-_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 # Docker caps the full name (host/repo) at 255 characters; registries reject longer paths.
 _MAX_NAME = 255
 DEFAULT_TAG = "latest"
@@ -139,7 +139,7 @@ def _check_repository(repository: str, text: str) -> None:
 
 
 def _check_tag(tag: str, text: str) -> None:
-    if not _TAG_RE.fullmatch(tag):
+    if not TAG_RE.fullmatch(tag):
         raise UsageError(
             f"invalid image reference {text!r}: tag {tag!r} must be 1-128 of [A-Za-z0-9_.-] "
             "and not start with '.' or '-'"

@@ -15,9 +15,9 @@ from ociforge.assemble import ImagePlan
 from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
-from ociforge.image.media import IMAGE_MANIFEST_TYPES
 from ociforge.image.summary import config_diff_ids, summarise_manifest
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
+from ociforge.spec import IMAGE_MANIFEST_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Protocol
 from ociforge.digest import Digest, HashingCounter
 from ociforge.errors import ImageError, UsageError
 from ociforge.image.models import canonical_json, parse_image_config
+from ociforge.spec import TAG_RE
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar's traditional record size: readers expect the archive padded to it
@@ -37,7 +38,6 @@ _HOST = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_HOST}(?:\.{_HOST})*(?::[0-9]+)?")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG_RE = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 
 
 def check_repo_tag(ref: str) -> str:
@@ -53,7 +53,7 @@ def check_repo_tag(ref: str) -> str:
     if not _PATH_RE.fullmatch(path) or len(name) > 255:
         hint = " (repository names must be lower-case)" if path.lower() != path else ""
         raise UsageError(f"invalid repository name {name!r} in {ref!r}{hint}")
-    if not _TAG_RE.fullmatch(tag):
+    if not TAG_RE.fullmatch(tag):
         raise UsageError(f"invalid tag {tag!r} in {ref!r}: use letters, digits, _ . - (max 128)")
     return ref
 

@@ -30,8 +30,8 @@ from pydantic import (
 
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
-from ociforge.image.media import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from ociforge.image.summary import canonical_bytes, json_object
+from ociforge.spec import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 
 # The OCI digest grammar; sha256 additionally needs exactly 64 lower-case hex characters.
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")

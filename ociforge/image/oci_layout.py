@@ -22,8 +22,8 @@ from typing import IO, Any, NamedTuple
 
 from ociforge.digest import Digest, HashingCounter
 from ociforge.errors import DigestMismatchError, ImageError, UsageError
-from ociforge.image.media import INDEX_TYPES, OCI_INDEX
 from ociforge.image.models import Platform, canonical_json
+from ociforge.spec import INDEX_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = "1.0.0"
@@ -33,7 +33,6 @@ LAYOUT_VERSION = "1.0.0"
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 # distribution 2.8.2 refuses larger manifests; a bigger "manifest" is a broken layout.
-MAX_MANIFEST_SIZE = 4 << 20
 
 
 class BlobRef(NamedTuple):
@@ -251,10 +250,10 @@ class OciLayout:
         except UsageError:
             raise ImageError(f"{self._index_path}: bad digest {entry.get('digest')!r}") from None
         size = self.blob_size(digest)
-        if size != entry.get("size") or size > MAX_MANIFEST_SIZE:
+        if size != entry.get("size") or size > MAX_MANIFEST_BYTES:
             raise ImageError(
                 f"manifest {digest} in {self.path} has {size} bytes, index.json says "
-                f"{entry.get('size')!r} (at most {MAX_MANIFEST_SIZE} allowed)"
+                f"{entry.get('size')!r} (at most {MAX_MANIFEST_BYTES} allowed)"
             )
         data = self.read_blob(digest)
         media_type = entry.get("mediaType") or _media_type_inside(data)

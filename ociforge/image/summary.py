@@ -23,7 +23,7 @@ from typing import Any
 
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
-from ociforge.image.media import IMAGE_MANIFEST_TYPES
+from ociforge.spec import IMAGE_MANIFEST_TYPES
 
 
 @dataclass(frozen=True)

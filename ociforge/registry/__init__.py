@@ -9,16 +9,7 @@ from __future__ import annotations
 from ociforge.registry.auth import Challenge, merge_scopes, parse_challenges, repository_scope
 from ociforge.registry.client import RegistryClient, Transport, check_ca_bundle
 from ociforge.registry.credentials import Credentials, auth_file_paths, resolve_credentials
-from ociforge.registry.manifests import (
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    MANIFEST_MEDIA_TYPES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    get_manifest,
-    get_small_blob,
-    put_manifest,
-)
+from ociforge.registry.manifests import get_manifest, get_small_blob, put_manifest
 from ociforge.registry.responses import check_response, redact_url
 from ociforge.registry.streams import BlobStream, BytesBlob, HashingStream, StreamOpener
 from ociforge.registry.upload import (
@@ -33,11 +24,6 @@ from ociforge.registry.upload import (
 )
 
 __all__ = [
-    "DOCKER_MANIFEST",
-    "DOCKER_MANIFEST_LIST",
-    "MANIFEST_MEDIA_TYPES",
-    "OCI_INDEX",
-    "OCI_MANIFEST",
     "BlobJob",
     "BlobResult",
     "BlobStream",

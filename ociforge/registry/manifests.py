@@ -10,14 +10,7 @@ from ociforge.errors import DigestMismatchError, ImageError, RegistryError
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import RegistryClient
 from ociforge.registry.responses import redact_url
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-# 2.8.2 answers 404 for an OCI manifest unless the OCI type is accepted: always send all four.
-MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution 2.8.2's limit
+from ociforge.spec import ACCEPT_MANIFEST_TYPES, MAX_MANIFEST_BYTES
 
 
 def get_manifest(
@@ -40,7 +33,7 @@ def get_manifest(
         scopes or [repository_scope(repo, "pull")],
         what=f"manifest {ref} of {repo}",
         expected=ref if ref.startswith("sha256:") else None,
-        headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        headers={"Accept": ", ".join(ACCEPT_MANIFEST_TYPES)},
         cancel=cancel,
     )
 

@@ -24,7 +24,6 @@ from ociforge.digest import Digest
 from ociforge.errors import AuthError, DigestMismatchError, RegistryError
 from ociforge.events import BlobRetry, Event
 from ociforge.registry import (
-    OCI_MANIFEST,
     BlobJob,
     Credentials,
     HashingStream,
@@ -38,6 +37,7 @@ from ociforge.registry import (
     upload_blob,
     upload_bytes,
 )
+from ociforge.spec import OCI_MANIFEST
 from tests.support.faultproxy import (
     Fault,
     FaultProxy,

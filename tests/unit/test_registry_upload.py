@@ -12,13 +12,7 @@ from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError
 from ociforge.events import BlobFinished, BlobProgress, BlobRetry, BlobStarted, Event, Message
 from ociforge.registry.client import RegistryClient
-from ociforge.registry.manifests import (
-    MANIFEST_MEDIA_TYPES,
-    OCI_MANIFEST,
-    get_manifest,
-    get_small_blob,
-    put_manifest,
-)
+from ociforge.registry.manifests import get_manifest, get_small_blob, put_manifest
 from ociforge.registry.streams import HashingStream
 from ociforge.registry.upload import (
     BlobJob,
@@ -28,6 +22,7 @@ from ociforge.registry.upload import (
     upload_blob,
     upload_bytes,
 )
+from ociforge.spec import ACCEPT_MANIFEST_TYPES, OCI_MANIFEST
 from tests.unit.test_registry_fake import REGISTRY, FakeRegistry, sha
 
 LAYER = b"0123456789" * 10
@@ -425,7 +420,7 @@ def test_manifest_put_and_get_round_trip() -> None:
     put = fake.calls("PUT")[-1]
     assert put.headers["content-type"] == OCI_MANIFEST and put.body == data
     accept = fake.calls("GET")[0].headers["accept"]
-    assert all(media_type in accept for media_type in MANIFEST_MEDIA_TYPES)
+    assert all(media_type in accept for media_type in ACCEPT_MANIFEST_TYPES)
 
 
 def test_manifest_before_its_blobs_is_a_readable_error() -> None:

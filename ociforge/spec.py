@@ -1,11 +1,13 @@
-"""Media types of the OCI image spec and Docker's schema2, and the choice between them.
+"""What the OCI specs and registries fix: media types, size limits, the tag grammar.
 
-Only the standard types are produced: GitLab's registry answers ``MANIFEST_INVALID`` for unknown
-ones. Docker schema2 has no zstd layer type, so docker + zstd is refused rather than guessed.
+The one place for these constants; ``image/``, ``sinks/`` and ``registry/`` all import them.
+Only the standard media types are produced: GitLab's registry answers ``MANIFEST_INVALID`` for
+unknown ones. Docker schema2 has no zstd layer type, so docker + zstd is refused, not guessed.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from ociforge.errors import UsageError
@@ -35,6 +37,13 @@ ACCEPT_MANIFEST_TYPES: tuple[str, ...] = (
 )
 IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+
+# distribution 2.8.2 refuses larger manifests; configs are read under the same bound.
+MAX_MANIFEST_BYTES = 4 << 20
+
+# A tag (distribution's reference grammar): what `REPO:TAG`, `oci:DIR:TAG` and
+# `docker-archive:FILE:NAME:TAG` accept.
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 _LAYER_TYPES: dict[tuple[str, str], str] = {
     ("oci", "none"): OCI_LAYER_TAR,
