@@ -26,11 +26,7 @@ from ociforge.image.config import (
     config_document,
     platform_for_system,
 )
-from ociforge.image.summary import (
-    BlobDescriptor,
-    canonical_bytes,
-    manifest_document,
-)
+from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
 from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
@@ -121,7 +117,7 @@ class BuiltImage:
     config_media_type: str
     manifest: bytes
     manifest_media_type: str
-    layers: tuple[BlobDescriptor, ...]
+    layers: tuple[Descriptor, ...]
     diff_ids: tuple[str, ...]
 
     @property
@@ -230,7 +226,7 @@ def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
 
 def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     # Plain JSON documents, not the models: loading pydantic was a third of a push that only
-    # writes a new manifest (image/summary.py; the bytes are the same, and pinned by a test).
+    # writes a new manifest (image/documents.py; the bytes are pinned by a test).
     opts = plan.options
     arch, os_name, variant = _platform(plan)
     config = config_document(
@@ -248,19 +244,19 @@ def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
     # even on a fresh runner, recognises unchanged layers from the manifest alone.
     layers = tuple(
-        BlobDescriptor(r.digest, r.size, layer.media_type, _layer_annotations(plan, layer))
+        Descriptor(layer.media_type, r.digest, r.size, _layer_annotations(plan, layer))
         for layer, r in zip(plan.layers, results, strict=True)
     )
-    manifest = manifest_document(
+    manifest = Manifest(
         manifest_media_type(opts.format),
-        BlobDescriptor(Digest.of(config_bytes), len(config_bytes), cfg_type, {}),
+        Descriptor.of(config_bytes, cfg_type),
         layers,
         plan.options.annotations,  # none for Docker: refused by plan_image
     )
     return BuiltImage(
         config=config_bytes,
         config_media_type=cfg_type,
-        manifest=canonical_bytes(manifest),
+        manifest=manifest.to_bytes(),
         manifest_media_type=manifest_media_type(opts.format),
         layers=layers,
         diff_ids=tuple(str(r.diff_id) for r in results),

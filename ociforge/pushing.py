@@ -23,7 +23,7 @@ from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError, UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
-from ociforge.image.summary import BlobDescriptor, summarise_manifest
+from ociforge.image.documents import Descriptor, parse_manifest
 from ociforge.layer import LayerStream
 from ociforge.pipeline import Background, cpu_count
 from ociforge.reference import Reference
@@ -245,7 +245,7 @@ def _referenced(current: Tags, repo: str) -> frozenset[Digest]:
     for (tag_repo, _), found in current.items():
         if tag_repo == repo and found is not None:
             with contextlib.suppress(ImageError):  # not ours to read: HEAD its layers
-                digests.update(layer.digest for layer in summarise_manifest(found[0]).layers)
+                digests.update(layer.digest for layer in parse_manifest(found[0]).layers)
     return frozenset(digests)
 
 
@@ -453,7 +453,7 @@ def _held_by_every_tag(
 ) -> Digest | None:
     """The manifest digest every tag already holds, if every layer is ``known`` and that
     manifest is, byte for byte, the one the plan gives (serialising it takes ~2 ms: plain
-    JSON, see ``image/summary.py``); else None."""
+    JSON, see ``image/documents.py``); else None."""
     held = {current.get((r.repository, r.manifest_ref)) for r in refs}
     if len(held) != 1 or not all(layer.key in known for layer in plan.layers):
         return None  # a tag is missing, or they hold different manifests: each gets this one
@@ -476,17 +476,14 @@ def push_layout(
     on_event: ProgressCallback = ignore_event,
 ) -> PushResult:
     """Push an image already built into an OCI layout, byte for byte."""
-    from ociforge.image import OciLayout, parse_manifest  # noqa: PLC0415  (pydantic, on demand)
+    from ociforge.image.oci_layout import OciLayout  # noqa: PLC0415  (only for oci: sources)
 
     check_destinations(refs)
     started = time.monotonic()
     layout = OciLayout(layout_dir, create=False)
     manifest_bytes, media_type = layout.resolve(tag)
     manifest = parse_manifest(manifest_bytes)
-    descriptors = [
-        BlobDescriptor(d.sha256, d.size, d.media_type, d.annotations or {})
-        for d in [*manifest.layers, manifest.config]
-    ]
+    descriptors = [*manifest.layers, manifest.config]
     jobs = [
         BlobJob(
             key=f"layer {i + 1}/{len(manifest.layers)}" if i < len(manifest.layers) else "config",
@@ -541,7 +538,7 @@ def _read_file(layout: OciLayout, digest: Digest) -> Iterator[bytes]:
 def _copy_to_other_repos(
     client: RegistryClient,
     refs: Sequence[Reference],
-    descriptors: Sequence[BlobDescriptor],
+    descriptors: Sequence[Descriptor],
     opts: RegistryOptions,
 ) -> list[PushedBlob]:
     """Other repositories of the same registry get the blobs by cross-repository mount."""

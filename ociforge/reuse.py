@@ -15,7 +15,7 @@ from ociforge.assemble import ImagePlan
 from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
-from ociforge.image.summary import config_diff_ids, summarise_manifest
+from ociforge.image.documents import config_diff_ids, parse_manifest
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 from ociforge.spec import IMAGE_MANIFEST_TYPES
 
@@ -63,7 +63,7 @@ def _from_manifest(
     scopes: Sequence[str],
 ) -> dict[str, KnownLayer]:
     try:
-        manifest = summarise_manifest(data)
+        manifest = parse_manifest(data)
     except ImageError as exc:
         log.debug("ignoring an unreadable manifest in %s: %s", repo, exc)
         return {}

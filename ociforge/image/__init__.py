@@ -1,11 +1,9 @@
-"""Image value types and writers: media types, models, canonical JSON, config, OCI layout, archive.
+"""The image model without I/O beyond its writers: media types, documents, config, layout, archive.
 
 Nothing here knows about nix, tar streams or HTTP: writers take plain iterables of bytes and
 report the digests and sizes they computed while writing.
 
-Names are imported on first use (PEP 562): the pydantic models cost a tenth of a second to build,
-and a warm push that finds its manifest in the local cache never needs them; the media types,
-``RuntimeConfig`` and the option parsers do not import pydantic.
+Names are imported on first use (PEP 562): a warm push loads only what it reads.
 """
 
 from __future__ import annotations
@@ -26,23 +24,17 @@ if TYPE_CHECKING:
         platform_for_system,
     )
     from ociforge.image.docker_archive import DockerArchiveWriter, check_repo_tag
-    from ociforge.image.models import (
-        ContainerConfig,
+    from ociforge.image.documents import (
         Descriptor,
-        History,
-        ImageConfig,
         Index,
         Manifest,
         Platform,
-        RootFS,
-        canonical_json,
-        describe_bytes,
-        parse_image_config,
+        canonical_bytes,
+        config_diff_ids,
         parse_index,
         parse_manifest,
     )
-    from ociforge.image.oci_layout import REF_NAME, BlobRef, OciLayout, check_tag
-    from ociforge.image.summary import BlobDescriptor, config_diff_ids
+    from ociforge.image.oci_layout import REF_NAME, OciLayout, check_tag
     from ociforge.spec import (
         ACCEPT_MANIFEST_TYPES,
         DOCKER_CONFIG,
@@ -66,24 +58,19 @@ if TYPE_CHECKING:
 
 _EXPORTS: dict[str, str] = {
     "ACCEPT_MANIFEST_TYPES": "ociforge.spec",
-    "BlobDescriptor": "ociforge.image.summary",
-    "BlobRef": "ociforge.image.oci_layout",
-    "ContainerConfig": "ociforge.image.models",
     "DOCKER_CONFIG": "ociforge.spec",
     "DOCKER_LAYER_GZIP": "ociforge.spec",
     "DOCKER_LAYER_TAR": "ociforge.spec",
     "DOCKER_MANIFEST": "ociforge.spec",
     "DOCKER_MANIFEST_LIST": "ociforge.spec",
-    "Descriptor": "ociforge.image.models",
+    "Descriptor": "ociforge.image.documents",
     "DockerArchiveWriter": "ociforge.image.docker_archive",
     "EPOCH_PLUS_ONE": "ociforge.image.config",
-    "History": "ociforge.image.models",
     "IMAGE_MANIFEST_TYPES": "ociforge.spec",
     "INDEX_TYPES": "ociforge.spec",
-    "ImageConfig": "ociforge.image.models",
     "ImageFormat": "ociforge.spec",
-    "Index": "ociforge.image.models",
-    "Manifest": "ociforge.image.models",
+    "Index": "ociforge.image.documents",
+    "Manifest": "ociforge.image.documents",
     "OCI_CONFIG": "ociforge.spec",
     "OCI_INDEX": "ociforge.spec",
     "OCI_LAYER_GZIP": "ociforge.spec",
@@ -91,26 +78,23 @@ _EXPORTS: dict[str, str] = {
     "OCI_LAYER_ZSTD": "ociforge.spec",
     "OCI_MANIFEST": "ociforge.spec",
     "OciLayout": "ociforge.image.oci_layout",
-    "Platform": "ociforge.image.models",
+    "Platform": "ociforge.image.documents",
     "REF_NAME": "ociforge.image.oci_layout",
-    "RootFS": "ociforge.image.models",
     "RuntimeConfig": "ociforge.image.config",
-    "config_diff_ids": "ociforge.image.summary",
+    "config_diff_ids": "ociforge.image.documents",
     "config_document": "ociforge.image.config",
-    "canonical_json": "ociforge.image.models",
+    "canonical_bytes": "ociforge.image.documents",
     "check_created": "ociforge.image.config",
     "check_runtime": "ociforge.image.config",
     "check_repo_tag": "ociforge.image.docker_archive",
     "check_tag": "ociforge.image.oci_layout",
     "config_media_type": "ociforge.spec",
-    "describe_bytes": "ociforge.image.models",
     "layer_media_type": "ociforge.spec",
     "manifest_media_type": "ociforge.spec",
     "parse_env_items": "ociforge.image.config",
-    "parse_image_config": "ociforge.image.models",
-    "parse_index": "ociforge.image.models",
+    "parse_index": "ociforge.image.documents",
     "parse_label_items": "ociforge.image.config",
-    "parse_manifest": "ociforge.image.models",
+    "parse_manifest": "ociforge.image.documents",
     "parse_port_items": "ociforge.image.config",
     "platform_for_system": "ociforge.image.config",
 }
@@ -132,21 +116,15 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "REF_NAME",
-    "BlobDescriptor",
-    "BlobRef",
-    "ContainerConfig",
     "Descriptor",
     "DockerArchiveWriter",
-    "History",
-    "ImageConfig",
     "ImageFormat",
     "Index",
     "Manifest",
     "OciLayout",
     "Platform",
-    "RootFS",
     "RuntimeConfig",
-    "canonical_json",
+    "canonical_bytes",
     "check_created",
     "check_repo_tag",
     "check_runtime",
@@ -154,11 +132,9 @@ __all__ = [
     "config_diff_ids",
     "config_document",
     "config_media_type",
-    "describe_bytes",
     "layer_media_type",
     "manifest_media_type",
     "parse_env_items",
-    "parse_image_config",
     "parse_index",
     "parse_label_items",
     "parse_manifest",

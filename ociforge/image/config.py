@@ -200,7 +200,7 @@ def config_document(
 
     ``history_comments`` gives one comment per layer (or none at all: then each layer is
     described by its number). ``PATH``: the user's ``env`` wins, else ``default_path``.
-    Plain JSON, not models: see :mod:`ociforge.image.summary`.
+    Plain JSON: see :mod:`ociforge.image.documents`.
     """
     if history_comments and len(history_comments) != len(diff_ids):
         raise UsageError(

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ociforge.digest import Digest, HashingCounter
 from ociforge.errors import ImageError, UsageError
-from ociforge.image.models import canonical_json, parse_image_config
+from ociforge.image.documents import canonical_bytes, config_diff_ids
 from ociforge.spec import TAG_RE
 
 _BLOCK = 512
@@ -145,8 +145,8 @@ class DockerArchiveWriter:
         ]
         self._broken = True
         self._add_file(config_name, config_bytes)
-        self._add_file("manifest.json", canonical_json(manifest))
-        self._add_file("repositories", canonical_json(self._repositories(tags)))
+        self._add_file("manifest.json", canonical_bytes(manifest))
+        self._add_file("repositories", canonical_bytes(self._repositories(tags)))
         self._write(b"\0" * (2 * _BLOCK))
         self._write(b"\0" * (-self._written % _RECORD))
         self._broken = False
@@ -159,7 +159,7 @@ class DockerArchiveWriter:
             raise ImageError("the docker archive is already finished")
 
     def _check_diff_ids(self, config_bytes: bytes) -> None:
-        diff_ids = list(parse_image_config(config_bytes).rootfs.diff_ids)
+        diff_ids = [str(d) for d in config_diff_ids(config_bytes)]
         written = [str(d) for _, d in self._layers]
         if diff_ids != written:
             raise ImageError(

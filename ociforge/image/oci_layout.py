@@ -18,11 +18,11 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 from ociforge.digest import Digest, HashingCounter
 from ociforge.errors import DigestMismatchError, ImageError, UsageError
-from ociforge.image.models import Platform, canonical_json
+from ociforge.image.documents import Platform, canonical_bytes
 from ociforge.spec import INDEX_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -33,13 +33,6 @@ LAYOUT_VERSION = "1.0.0"
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 # distribution 2.8.2 refuses larger manifests; a bigger "manifest" is a broken layout.
-
-
-class BlobRef(NamedTuple):
-    """Digest and size of a blob just written (unpacks as ``digest, size``)."""
-
-    digest: Digest
-    size: int
 
 
 def check_tag(tag: str) -> str:
@@ -81,7 +74,7 @@ class OciLayout:
                     raise UsageError(
                         f"{self.path} is not empty and not an OCI layout: pick a new directory"
                     )
-                self._write_atomic(marker, canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
+                self._write_atomic(marker, canonical_bytes({"imageLayoutVersion": LAYOUT_VERSION}))
             self._check_layout()
             os.makedirs(self._blobs, exist_ok=True)
             if not os.path.exists(self._index_path):
@@ -120,7 +113,7 @@ class OciLayout:
     def has_blob(self, digest: Digest) -> bool:
         return os.path.isfile(self.blob_path(digest))
 
-    def write_blob(self, data: bytes) -> BlobRef:
+    def write_blob(self, data: bytes) -> tuple[Digest, int]:
         """Store an in-memory blob (config, manifest); a no-op when it is already there."""
         return self.write_blob_stream([data], expected=Digest.of(data))
 
@@ -130,7 +123,7 @@ class OciLayout:
         expected: Digest | None = None,
         *,
         hashed: Callable[[], tuple[Digest, int]] | None = None,
-    ) -> BlobRef:
+    ) -> tuple[Digest, int]:
         """Stream a blob to ``blobs/sha256/<digest>``, hashing and counting on the way.
 
         The whole stream is always consumed (the caller's layer digests are computed while it is
@@ -161,7 +154,7 @@ class OciLayout:
             if isinstance(exc, OSError):
                 raise ImageError(f"cannot write a blob in {self._blobs}: {exc.strerror}") from exc
             raise
-        return BlobRef(digest, size)
+        return digest, size
 
     def _open_new(self, path: str) -> IO[bytes]:
         # O_EXCL with 0o644 (minus umask): tempfile's 0o600 would make blobs unreadable to others.
@@ -176,7 +169,7 @@ class OciLayout:
         *,
         tag: str | None,
         platform: Platform | None = None,
-    ) -> BlobRef:
+    ) -> Digest:
         """Store ``manifest`` and point ``index.json`` at it, under ``tag`` if given.
 
         An entry already holding ``tag`` is replaced (the tag moves); other tags stay. Without a
@@ -185,16 +178,12 @@ class OciLayout:
         """
         if tag is not None:
             check_tag(tag)
-        ref = self.write_blob(manifest)
-        entry: dict[str, Any] = {
-            "mediaType": media_type,
-            "digest": str(ref.digest),
-            "size": ref.size,
-        }
+        digest, size = self.write_blob(manifest)
+        entry: dict[str, Any] = {"mediaType": media_type, "digest": str(digest), "size": size}
         if tag is not None:
             entry["annotations"] = {REF_NAME: tag}
         if platform is not None:
-            entry["platform"] = platform.model_dump(mode="json", by_alias=True, exclude_none=True)
+            entry["platform"] = platform.document()
         try:
             with self._locked():
                 index = self._read_index()
@@ -203,10 +192,10 @@ class OciLayout:
                 self._write_index(index)
         except OSError as exc:
             raise ImageError(f"cannot update {self._index_path}: {exc.strerror}") from exc
-        return ref
+        return digest
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        self._write_atomic(self._index_path, canonical_json(index))
+        self._write_atomic(self._index_path, canonical_bytes(index))
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{secrets.token_hex(8)}"

@@ -26,16 +26,12 @@ from ociforge.image import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
-    Descriptor,
     DockerArchiveWriter,
-    Manifest,
     OciLayout,
     RuntimeConfig,
-    canonical_json,
     config_document,
-    describe_bytes,
 )
-from ociforge.image.summary import canonical_bytes
+from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
 from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration
@@ -111,17 +107,12 @@ def write_oci(image: Image, path: Path, tag: str) -> tuple[bytes, list[Digest]]:
         digest, size = layout.write_blob_stream(
             blob[i : i + 1000] for i in range(0, len(blob), 1000)
         )
-        descriptors.append(Descriptor(mediaType=OCI_LAYER_GZIP, digest=str(digest), size=size))
+        descriptors.append(Descriptor(OCI_LAYER_GZIP, digest, size))
         blob_digests.append(digest)
     layout.write_blob(image.config)
-    manifest = canonical_json(
-        Manifest(
-            schemaVersion=2,
-            mediaType=OCI_MANIFEST,
-            config=describe_bytes(image.config, OCI_CONFIG),
-            layers=descriptors,
-        )
-    )
+    manifest = Manifest(
+        OCI_MANIFEST, Descriptor.of(image.config, OCI_CONFIG), tuple(descriptors)
+    ).to_bytes()
     layout.add_manifest(manifest, OCI_MANIFEST, tag=tag)
     return manifest, blob_digests
 

@@ -16,7 +16,7 @@ from ociforge.image import (
     parse_port_items,
     platform_for_system,
 )
-from ociforge.image.summary import canonical_bytes
+from ociforge.image.documents import canonical_bytes
 
 L1 = Digest.of(b"layer one")
 L2 = Digest.of(b"layer two")

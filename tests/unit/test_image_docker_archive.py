@@ -17,7 +17,7 @@ from ociforge.image import (
     check_repo_tag,
     config_document,
 )
-from ociforge.image.summary import canonical_bytes
+from ociforge.image.documents import canonical_bytes
 
 
 def tiny_layer(name: str, data: bytes) -> bytes:

@@ -12,26 +12,12 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, UsageError
-from ociforge.image import (
-    OCI_CONFIG,
-    OCI_MANIFEST,
-    REF_NAME,
-    Manifest,
-    OciLayout,
-    Platform,
-    canonical_json,
-    describe_bytes,
-)
+from ociforge.image import OCI_CONFIG, OCI_MANIFEST, REF_NAME, OciLayout
+from ociforge.image.documents import Descriptor, Manifest, Platform
 
 
 def manifest_bytes(config: bytes = b"{}") -> bytes:
-    manifest = Manifest(
-        schemaVersion=2,
-        mediaType=OCI_MANIFEST,
-        config=describe_bytes(config, OCI_CONFIG),
-        layers=[],
-    )
-    return canonical_json(manifest)
+    return Manifest(OCI_MANIFEST, Descriptor.of(config, OCI_CONFIG), ()).to_bytes()
 
 
 def read_index(path: Path) -> dict[str, object]:
@@ -74,9 +60,10 @@ def test_a_stream_that_hashes_itself_is_not_hashed_again(tmp_path: Path) -> None
         calls.append("asked once the stream ended")
         return Digest.of(b"hello"), 5
 
-    ref = layout.write_blob_stream(iter([b"hel", b"lo"]), hashed=hashed)
-    assert ref == (Digest.of(b"hello"), 5) and len(calls) == 1
-    assert (tmp_path / "blobs/sha256" / ref.digest.hex).read_bytes() == b"hello"
+    written = layout.write_blob_stream(iter([b"hel", b"lo"]), hashed=hashed)
+    digest, _ = written
+    assert written == (Digest.of(b"hello"), 5) and len(calls) == 1
+    assert (tmp_path / "blobs/sha256" / digest.hex).read_bytes() == b"hello"
     with pytest.raises(DigestMismatchError):
         layout.write_blob_stream(iter([b"x"]), Digest.of(b"y"), hashed=lambda: (Digest.of(b"x"), 1))
 
@@ -89,10 +76,10 @@ def _umask() -> int:
 
 def test_writing_an_existing_blob_again_is_fine(tmp_path: Path) -> None:
     layout = OciLayout(tmp_path)
-    first = layout.write_blob(b"same")
-    second = layout.write_blob_stream([b"sa", b"me"], expected=Digest.of(b"same"))
+    first, _ = layout.write_blob(b"same")
+    second, _ = layout.write_blob_stream([b"sa", b"me"], expected=Digest.of(b"same"))
     assert first == second
-    assert os.listdir(tmp_path / "blobs/sha256") == [first.digest.hex]
+    assert os.listdir(tmp_path / "blobs/sha256") == [first.hex]
 
 
 def test_expected_digest_mismatch_stores_nothing(tmp_path: Path) -> None:
@@ -146,7 +133,7 @@ def test_index_entry_carries_platform_and_keeps_foreign_fields(tmp_path: Path) -
     index = read_index(tmp_path)
     index["annotations"] = {"org.example.note": "kept"}
     (tmp_path / "index.json").write_text(json.dumps(index))
-    platform = Platform(architecture="arm64", os="linux", variant="v8")
+    platform = Platform("arm64", "linux", "v8")
     layout.add_manifest(manifest_bytes(), OCI_MANIFEST, tag="v1", platform=platform)
     index = read_index(tmp_path)
     assert index["annotations"] == {"org.example.note": "kept"}
