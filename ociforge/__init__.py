@@ -13,7 +13,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ociforge.annotations import ci_annotations
     from ociforge.api import (
         BuildResult,
         build,
@@ -24,8 +23,10 @@ if TYPE_CHECKING:
         push,
     )
     from ociforge.assemble import BuiltImage, ImageOptions
+    from ociforge.assemble.annotations import ci_annotations
+    from ociforge.assemble.customise import ImageSource
+    from ociforge.assemble.essentials import EssentialsOptions
     from ociforge.compress import Compression, CompressionOptions
-    from ociforge.customise import ImageSource
     from ociforge.digest import Digest
     from ociforge.errors import (
         AuthError,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
         RegistryError,
         UsageError,
     )
-    from ociforge.essentials import EssentialsOptions
     from ociforge.events import (
         BlobFinished,
         BlobProgress,
@@ -49,10 +49,10 @@ if TYPE_CHECKING:
     from ociforge.image import RuntimeConfig
     from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
     from ociforge.nix import Closure, StorePathInfo, read_closure
-    from ociforge.pushing import PushedBlob, PushPreview, PushResult, RegistryOptions
+    from ociforge.publish.reuse import LayerPreview
+    from ociforge.publish.session import PushedBlob, PushPreview, PushResult, RegistryOptions
     from ociforge.reference import Reference, parse_reference
     from ociforge.registry import Credentials
-    from ociforge.reuse import LayerPreview
     from ociforge.tarstream import TarOptions
 
 _EXPORTS: dict[str, str] = {
@@ -69,30 +69,30 @@ _EXPORTS: dict[str, str] = {
     "Credentials": "ociforge.registry",
     "Digest": "ociforge.digest",
     "DigestMismatchError": "ociforge.errors",
-    "EssentialsOptions": "ociforge.essentials",
+    "EssentialsOptions": "ociforge.assemble.essentials",
     "Event": "ociforge.events",
     "ImageError": "ociforge.errors",
     "ImageOptions": "ociforge.assemble",
-    "ImageSource": "ociforge.customise",
+    "ImageSource": "ociforge.assemble.customise",
     "LayerPlan": "ociforge.layering",
-    "LayerPreview": "ociforge.reuse",
+    "LayerPreview": "ociforge.publish.reuse",
     "Message": "ociforge.events",
     "NixError": "ociforge.errors",
     "OciforgeError": "ociforge.errors",
     "ProgressCallback": "ociforge.events",
-    "PushPreview": "ociforge.pushing",
-    "PushResult": "ociforge.pushing",
-    "PushedBlob": "ociforge.pushing",
+    "PushPreview": "ociforge.publish.session",
+    "PushResult": "ociforge.publish.session",
+    "PushedBlob": "ociforge.publish.session",
     "Reference": "ociforge.reference",
     "RegistryError": "ociforge.errors",
-    "RegistryOptions": "ociforge.pushing",
+    "RegistryOptions": "ociforge.publish.session",
     "RuntimeConfig": "ociforge.image",
     "STRATEGIES": "ociforge.layering",
     "StorePathInfo": "ociforge.nix",
     "TarOptions": "ociforge.tarstream",
     "UsageError": "ociforge.errors",
     "build": "ociforge.api",
-    "ci_annotations": "ociforge.annotations",
+    "ci_annotations": "ociforge.assemble.annotations",
     "host_system": "ociforge.api",
     "load_closure": "ociforge.api",
     "load_source": "ociforge.api",

@@ -13,22 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_image
+from ociforge.assemble.customise import ImageSource
 from ociforge.compress import Compression, CompressionOptions
-from ociforge.customise import ImageSource
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.nix import Closure, closure_from_json_file, read_closure
 from ociforge.nix.closure import merge_closures
-from ociforge.outputs import (
-    DockerArchiveTarget,
-    OciTarget,
-    Target,
-    parse_target,
-    write_docker_archive,
-    write_oci,
-)
-from ociforge.pushing import (
+from ociforge.publish.session import (
     PushPreview,
     PushResult,
     RegistryOptions,
@@ -38,6 +30,14 @@ from ociforge.pushing import (
 )
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import check_ca_bundle
+from ociforge.sinks import (
+    DockerArchiveTarget,
+    OciTarget,
+    Target,
+    parse_target,
+    write_docker_archive,
+    write_oci,
+)
 
 _HOST_SYSTEMS = {
     "x86_64": "x86_64-linux",

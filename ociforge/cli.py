@@ -21,13 +21,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ociforge.annotations import ci_annotations, merge_annotations, parse_annotation_items
 from ociforge.api import BuildResult, build, preview, push
 from ociforge.assemble import ImageOptions
-from ociforge.cache import default_cache_dir
+from ociforge.assemble.annotations import ci_annotations, merge_annotations, parse_annotation_items
+from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
-from ociforge.essentials import EssentialsOptions
 from ociforge.image import (
     EPOCH_PLUS_ONE,
     RuntimeConfig,
@@ -36,7 +35,8 @@ from ociforge.image import (
 )
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
-from ociforge.pushing import PushPreview, PushResult, RegistryOptions
+from ociforge.publish.cache import default_cache_dir
+from ociforge.publish.session import PushPreview, PushResult, RegistryOptions
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions

@@ -35,7 +35,7 @@ from functools import partial
 import zstandard
 
 from ociforge.errors import UsageError
-from ociforge.pipeline import check_threads, ordered_map
+from ociforge.threads import check_threads, ordered_map
 
 __all__ = ["Compression", "CompressionOptions", "compress_chunks"]
 

@@ -1,4 +1,4 @@
-"""The image model without I/O beyond its writers: media types, documents, config, layout, archive.
+"""The image model, without I/O: media types, documents (manifest, index, config), the config.
 
 Nothing here knows about nix, tar streams or HTTP: writers take plain iterables of bytes and
 report the digests and sizes they computed while writing.
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
         parse_port_items,
         platform_for_system,
     )
-    from ociforge.image.docker_archive import DockerArchiveWriter, check_repo_tag
     from ociforge.image.documents import (
         Descriptor,
         Index,
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
         parse_index,
         parse_manifest,
     )
-    from ociforge.image.oci_layout import REF_NAME, OciLayout, check_tag
     from ociforge.spec import (
         ACCEPT_MANIFEST_TYPES,
         DOCKER_CONFIG,
@@ -64,7 +62,6 @@ _EXPORTS: dict[str, str] = {
     "DOCKER_MANIFEST": "ociforge.spec",
     "DOCKER_MANIFEST_LIST": "ociforge.spec",
     "Descriptor": "ociforge.image.documents",
-    "DockerArchiveWriter": "ociforge.image.docker_archive",
     "EPOCH_PLUS_ONE": "ociforge.image.config",
     "IMAGE_MANIFEST_TYPES": "ociforge.spec",
     "INDEX_TYPES": "ociforge.spec",
@@ -77,17 +74,13 @@ _EXPORTS: dict[str, str] = {
     "OCI_LAYER_TAR": "ociforge.spec",
     "OCI_LAYER_ZSTD": "ociforge.spec",
     "OCI_MANIFEST": "ociforge.spec",
-    "OciLayout": "ociforge.image.oci_layout",
     "Platform": "ociforge.image.documents",
-    "REF_NAME": "ociforge.image.oci_layout",
     "RuntimeConfig": "ociforge.image.config",
     "config_diff_ids": "ociforge.image.documents",
     "config_document": "ociforge.image.config",
     "canonical_bytes": "ociforge.image.documents",
     "check_created": "ociforge.image.config",
     "check_runtime": "ociforge.image.config",
-    "check_repo_tag": "ociforge.image.docker_archive",
-    "check_tag": "ociforge.image.oci_layout",
     "config_media_type": "ociforge.spec",
     "layer_media_type": "ociforge.spec",
     "manifest_media_type": "ociforge.spec",
@@ -115,20 +108,15 @@ __all__ = [
     "OCI_LAYER_TAR",
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
-    "REF_NAME",
     "Descriptor",
-    "DockerArchiveWriter",
     "ImageFormat",
     "Index",
     "Manifest",
-    "OciLayout",
     "Platform",
     "RuntimeConfig",
     "canonical_bytes",
     "check_created",
-    "check_repo_tag",
     "check_runtime",
-    "check_tag",
     "config_diff_ids",
     "config_document",
     "config_media_type",

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ociforge.devshell import image_env
+from ociforge.assemble.devshell import image_env
+from ociforge.assemble.essentials import EssentialsOptions, essentials, merge_entries
+from ociforge.assemble.rootfs import root_links
 from ociforge.errors import NixError, UsageError
-from ociforge.essentials import EssentialsOptions, essentials, merge_entries
 from ociforge.nix.devenv import DevShell, print_dev_env, read_devshell
-from ociforge.rootfs import root_links
 from ociforge.tarstream import TarEntry
 from tests.support.nixstore import BuiltClosure, busybox_package, make_closure
 

@@ -26,12 +26,12 @@ from ociforge.image import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
-    DockerArchiveWriter,
-    OciLayout,
     RuntimeConfig,
     config_document,
 )
 from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
+from ociforge.sinks.docker_archive import DockerArchiveWriter
+from ociforge.sinks.oci_layout import OciLayout
 from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration

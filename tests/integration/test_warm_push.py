@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import ociforge
-import ociforge.layer
+import ociforge.assemble.layer
 import ociforge.tarstream
 from ociforge import ImageOptions, RegistryOptions
 from tests.support.faultproxy import FaultProxy
@@ -56,7 +56,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.extend(paths)
         return real(paths, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ociforge.layer, "store_tar_chunks", recording)
+    monkeypatch.setattr(ociforge.assemble.layer, "store_tar_chunks", recording)
     return seen
 
 

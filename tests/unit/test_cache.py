@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ociforge.cache import KnownLayer, LayerCache, default_cache_dir, layer_key
+from ociforge.assemble.layer import EntriesLayer, LayerDigests, StoreLayer, layer_key
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
-from ociforge.layer import EntriesLayer, StoreLayer
+from ociforge.publish.cache import LayerCache, default_cache_dir
 from ociforge.tarstream import TarEntry, TarOptions
 
 A, B = "/nix/store/" + "a" * 32 + "-a", "/nix/store/" + "b" * 32 + "-b"
@@ -45,7 +45,7 @@ def test_entries_layer_key_follows_content() -> None:
     assert key(one) != key(two) and key(one) == key(EntriesLayer(entries=one.entries))
 
 
-LAYER = KnownLayer(Digest.of(b"tar"), Digest.of(b"blob"), 4, MEDIA)
+LAYER = LayerDigests(Digest.of(b"tar"), Digest.of(b"blob"), 4)
 
 
 def test_cache_round_trip_and_bad_entries_read_as_missing(tmp_path: Path) -> None:

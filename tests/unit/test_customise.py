@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from ociforge.annotations import ci_annotations, merge_annotations, parse_annotation_items
 from ociforge.assemble import ImageOptions, plan_image
-from ociforge.customise import ImageSource, customise
-from ociforge.devshell import ENTRYPOINT
+from ociforge.assemble.annotations import ci_annotations, merge_annotations, parse_annotation_items
+from ociforge.assemble.customise import ImageSource, customise
+from ociforge.assemble.devshell import ENTRYPOINT
+from ociforge.assemble.essentials import EssentialsOptions
+from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.essentials import EssentialsOptions
 from ociforge.image import RuntimeConfig
 from ociforge.nix.closure import Closure, StorePathInfo, merge_closures
 from ociforge.nix.devenv import DevEnv
@@ -149,14 +150,12 @@ def test_an_explicit_entrypoint_conflicts_with_the_hook() -> None:
 
 def finished_manifest(source: ImageSource, options: ImageOptions) -> dict[str, Any]:
     plan = plan_image(source, options, host_system="x86_64-linux")
-    facts = [_Facts() for _ in plan.layers]
+    facts = [_FACTS for _ in plan.layers]
     manifest: dict[str, Any] = json.loads(plan.finish(facts).manifest)
     return manifest
 
 
-class _Facts:
-    diff_id = digest = Digest.of(b"layer")
-    size = 5
+_FACTS = LayerDigests(Digest.of(b"layer"), Digest.of(b"layer"), 5)
 
 
 def test_annotations_go_in_the_manifest_only(store: Path) -> None:

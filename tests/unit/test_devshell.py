@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ociforge.devshell import (
+from ociforge.assemble.devshell import (
     DROPPED_VARIABLES,
     ENTRYPOINT,
     entrypoint_entry,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ociforge.errors import UsageError
-from ociforge.essentials import (
+from ociforge.assemble.essentials import (
     CA_BUNDLE,
     EssentialsOptions,
     ca_entries,
@@ -27,8 +26,9 @@ from ociforge.essentials import (
     tmp_entries,
     user_entries,
 )
+from ociforge.assemble.rootfs import root_links
+from ociforge.errors import UsageError
 from ociforge.nix.nixdb import NixDatabase
-from ociforge.rootfs import root_links
 from ociforge.tarstream import TarEntry, entries_tar_chunks
 
 

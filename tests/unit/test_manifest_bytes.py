@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ociforge.annotations import parse_annotation_items
 from ociforge.assemble import ImageOptions, ImagePlan, plan_image
-from ociforge.customise import ImageSource
+from ociforge.assemble.annotations import parse_annotation_items
+from ociforge.assemble.customise import ImageSource
+from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.image import RuntimeConfig
@@ -27,16 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 ROOT = "/nix/store/" + "a" * 32 + "-hello-1.0"
 
 
-@dataclasses.dataclass(frozen=True)
-class Facts:
-    diff_id: Digest
-    digest: Digest
-    size: int
-
-
-def facts(plan: ImagePlan) -> list[Facts]:
+def facts(plan: ImagePlan) -> list[LayerDigests]:
     return [
-        Facts(Digest.of(f"tar {i}".encode()), Digest.of(f"gz {i}".encode()), 10 + i)
+        LayerDigests(Digest.of(f"tar {i}".encode()), Digest.of(f"gz {i}".encode()), 10 + i)
         for i in range(len(plan.layers))
     ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ociforge.rootfs import default_path, root_links
+from ociforge.assemble.rootfs import default_path, root_links
 
 
 def make(root: Path, files: list[str]) -> str:

@@ -1,7 +1,7 @@
 """What is already known about a plan's layers: from the local cache and from manifests that
 ociforge pushed before (their layer descriptors carry the layer key as an annotation).
 
-Nothing here reads a store file: knowledge is keyed by ``cache.layer_key``, computed from
+Nothing here reads a store file: knowledge is keyed by ``assemble.layer.layer_key``, computed from
 narHashes. A manifest's knowledge needs its config (for the diff_ids), one small GET.
 """
 
@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from ociforge.assemble import ImagePlan
-from ociforge.cache import KEY_ANNOTATION, KnownLayer, LayerCache
+from ociforge.assemble.layer import KEY_ANNOTATION, LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
 from ociforge.image.documents import config_diff_ids, parse_manifest
+from ociforge.publish.cache import LayerCache
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 from ociforge.spec import IMAGE_MANIFEST_TYPES
 
@@ -28,14 +29,14 @@ def known_layers(
     client: RegistryClient,
     manifests: Iterable[tuple[str, bytes, str]],
     scopes: Sequence[str],
-) -> dict[str, KnownLayer]:
-    """key -> KnownLayer for every planned layer that the cache or a manifest knows.
+) -> dict[str, LayerDigests]:
+    """key -> LayerDigests for every planned layer that the cache or a manifest knows.
 
     ``manifests`` are (repository, bytes, media type) of images pushed before, consumed lazily:
     neither they nor their configs are fetched once every planned key is known.
     """
     wanted = {layer.key for layer in plan.layers}
-    known: dict[str, KnownLayer] = {}
+    known: dict[str, LayerDigests] = {}
     if cache is not None:
         for key in wanted:
             hit = cache.get(key)
@@ -61,7 +62,7 @@ def _from_manifest(
     data: bytes,
     missing: set[str],
     scopes: Sequence[str],
-) -> dict[str, KnownLayer]:
+) -> dict[str, LayerDigests]:
     try:
         manifest = parse_manifest(data)
     except ImageError as exc:
@@ -81,11 +82,11 @@ def _from_manifest(
     if len(diff_ids) != len(manifest.layers):
         log.debug("ignoring a manifest of %s whose config lists other layers", repo)
         return {}
-    learned: dict[str, KnownLayer] = {}
+    learned: dict[str, LayerDigests] = {}
     for i, key in annotated:
         if key in missing:
             d = manifest.layers[i]
-            learned[key] = KnownLayer(diff_ids[i], d.digest, d.size, d.media_type)
+            learned[key] = LayerDigests(diff_ids[i], d.digest, d.size)
     return learned
 
 
@@ -105,7 +106,7 @@ def preview_layers(
     client: RegistryClient,
     plan: ImagePlan,
     repo: str,
-    known: Mapping[str, KnownLayer],
+    known: Mapping[str, LayerDigests],
     *,
     present: Set[Digest],
     mount_source: str | None,

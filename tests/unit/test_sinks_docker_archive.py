@@ -12,12 +12,11 @@ import pytest
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
 from ociforge.image import (
-    DockerArchiveWriter,
     RuntimeConfig,
-    check_repo_tag,
     config_document,
 )
 from ociforge.image.documents import canonical_bytes
+from ociforge.sinks.docker_archive import DockerArchiveWriter, check_repo_tag
 
 
 def tiny_layer(name: str, data: bytes) -> bytes:

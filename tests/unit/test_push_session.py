@@ -12,10 +12,10 @@ import pytest
 
 from ociforge.assemble import ImagePlan
 from ociforge.errors import AuthError, RegistryError, UsageError
-from ociforge.pipeline import Background
-from ociforge.pushing import Tags, _tags, check_destinations, tags_while_planning
+from ociforge.publish.session import Tags, _tags, check_destinations, tags_while_planning
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials, RegistryClient
+from ociforge.threads import Background
 
 REF = parse_reference("registry.test/group/app:latest")
 

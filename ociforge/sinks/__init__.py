@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from ociforge.assemble import BuiltImage, ImagePlan
+from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
-from ociforge.layer import LayerDigests, LayerStream
 from ociforge.spec import TAG_RE
 
 if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
@@ -70,7 +70,7 @@ def parse_target(text: str) -> Target:
 
 def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) -> BuiltImage:
     """Stream every layer into the layout's blob store, then config, manifest and tag."""
-    from ociforge.image.oci_layout import OciLayout  # noqa: PLC0415
+    from ociforge.sinks.oci_layout import OciLayout  # noqa: PLC0415
 
     layout = OciLayout(target.directory)
     results: list[LayerDigests] = []
@@ -106,7 +106,7 @@ def write_docker_archive(
 def _write_archive(
     plan: ImagePlan, target: DockerArchiveTarget, out: BinaryIO, on_event: ProgressCallback
 ) -> BuiltImage:
-    from ociforge.image.docker_archive import DockerArchiveWriter  # noqa: PLC0415
+    from ociforge.sinks.docker_archive import DockerArchiveWriter  # noqa: PLC0415
 
     writer: DockerArchiveWriter = DockerArchiveWriter(out)
     results: list[LayerDigests] = []

@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ociforge.errors import UsageError
-from ociforge.essentials import (
+from ociforge.assemble.essentials import (
     EssentialsOptions,
     essentials,
     find_program,
@@ -24,8 +23,9 @@ from ociforge.essentials import (
     ordered_store_paths,
     parse_user,
 )
+from ociforge.assemble.rootfs import default_path, root_links
+from ociforge.errors import UsageError
 from ociforge.nix.closure import Closure
-from ociforge.rootfs import default_path, root_links
 from ociforge.tarstream import TarEntry
 
 if TYPE_CHECKING:  # nixdb imports sqlite3 (only --with-nix pays for it), devenv is shells only
@@ -117,7 +117,7 @@ def _shell(
 ) -> tuple[dict[str, str], TarEntry | None]:
     """The shell's variables for ``Env``, and the entrypoint running its hook if asked for."""
     # Imported here: only dev shell images pay for them.
-    from ociforge.devshell import entrypoint_entry, image_env  # noqa: PLC0415
+    from ociforge.assemble.devshell import entrypoint_entry, image_env  # noqa: PLC0415
 
     home = parse_user(opts.user, home=opts.home).home
     env = image_env(devenv, home=home, user=opts.user, store_dir=closure.store_dir)

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ociforge.assemble import ImagePlan, LayerFacts
-from ociforge.cache import KnownLayer, LayerCache, default_cache_dir
+from ociforge.assemble import ImagePlan
+from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, RegistryError, UsageError
 from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.image.documents import Descriptor, parse_manifest
-from ociforge.layer import LayerStream
-from ociforge.pipeline import Background, cpu_count
+from ociforge.publish.cache import LayerCache, default_cache_dir
+from ociforge.publish.reuse import LayerPreview, known_layers, preview_layers
 from ociforge.reference import Reference
 from ociforge.registry import (
     BlobJob,
@@ -41,7 +41,7 @@ from ociforge.registry import (
     upload_all,
     upload_bytes,
 )
-from ociforge.reuse import LayerPreview, known_layers, preview_layers
+from ociforge.threads import Background, cpu_count
 
 if TYPE_CHECKING:
     from ociforge.image import OciLayout
@@ -163,7 +163,7 @@ def push_plan(
     with _surveyed(plan, refs, opts, cache, on_event) as (client, made, current, known):
         digest = _held_by_every_tag(made, known, refs, current)
         if digest is not None:
-            blobs = [_known_blob(known[layer.key], "skipped") for layer in made.layers]
+            blobs = [_known_blob(known[layer.key], layer.media_type) for layer in made.layers]
             seconds = time.monotonic() - started
             return PushResult(_tagged(refs), str(digest), tuple(blobs), seconds, up_to_date=True)
         repo = refs[0].repository
@@ -189,7 +189,7 @@ def _upload_and_tag(
     plan: ImagePlan,
     refs: Sequence[Reference],
     *,
-    known: Mapping[str, KnownLayer],
+    known: Mapping[str, LayerDigests],
     current: Tags,
     cache: LayerCache | None,
     opts: RegistryOptions,
@@ -218,8 +218,7 @@ def _upload_and_tag(
             raise
         on_event(Message("a layer the tag's manifest names is gone: checking every layer"))
         learned = {
-            layer.key: KnownLayer(f.diff_id, f.digest, f.size, layer.media_type)
-            for layer, f in zip(plan.layers, facts, strict=True)
+            layer.key: f for layer, f in zip(plan.layers, facts, strict=True)
         }  # what was just uploaded is only checked again, not streamed again
         again, manifest_digest = _upload_and_tag(
             client,
@@ -284,7 +283,7 @@ def _surveyed(
     opts: RegistryOptions,
     cache: LayerCache | None,
     on_event: ProgressCallback,
-) -> Iterator[tuple[RegistryClient, ImagePlan, Tags, dict[str, KnownLayer]]]:
+) -> Iterator[tuple[RegistryClient, ImagePlan, Tags, dict[str, LayerDigests]]]:
     """An open client, the plan, what the tags hold now, and which layers are known.
 
     A plan to make (nix evaluating, building, listing the closure) is made in a thread while
@@ -307,12 +306,12 @@ def _push_layers(
     client: RegistryClient,
     plan: ImagePlan,
     repo: str,
-    known: Mapping[str, KnownLayer],
+    known: Mapping[str, LayerDigests],
     *,
     present: frozenset[Digest],
     cache: LayerCache | None,
     opts: RegistryOptions,
-) -> tuple[list[BlobResult], list[LayerFacts]]:
+) -> tuple[list[BlobResult], list[LayerDigests]]:
     """Upload what the registry lacks; return each layer's outcome and digests, in order.
     Known layers whose blob is ``present`` in ``repo`` are not even checked."""
     streams: dict[str, LayerStream] = {}
@@ -356,7 +355,7 @@ def _push_layers(
                 cache.forget(key)
         fresh = {k: v for k, v in known.items() if k not in stale}
         return _push_layers(client, plan, repo, fresh, present=present, cache=cache, opts=opts)
-    facts: list[LayerFacts] = []
+    facts: list[LayerDigests] = []
     for layer in plan.layers:
         stream = streams.get(layer.key)
         if stream is not None:
@@ -365,7 +364,7 @@ def _push_layers(
             if cache is not None:
                 cache.put(
                     layer.key,
-                    KnownLayer(result.diff_id, result.digest, result.size, layer.media_type),
+                    result,
                 )
         else:
             facts.append(known[layer.key])
@@ -449,7 +448,7 @@ def _mount_source(opts: RegistryOptions, repo: str) -> str | None:
 
 
 def _held_by_every_tag(
-    plan: ImagePlan, known: Mapping[str, KnownLayer], refs: Sequence[Reference], current: Tags
+    plan: ImagePlan, known: Mapping[str, LayerDigests], refs: Sequence[Reference], current: Tags
 ) -> Digest | None:
     """The manifest digest every tag already holds, if every layer is ``known`` and that
     manifest is, byte for byte, the one the plan gives (serialising it takes ~2 ms: plain
@@ -464,8 +463,8 @@ def _held_by_every_tag(
     return ours if ours == found[2] else None
 
 
-def _known_blob(layer: KnownLayer, outcome: str) -> PushedBlob:
-    return PushedBlob(str(layer.digest), layer.size, outcome, layer.media_type)
+def _known_blob(layer: LayerDigests, media_type: str) -> PushedBlob:
+    return PushedBlob(str(layer.digest), layer.size, "skipped", media_type)
 
 
 def push_layout(
@@ -476,7 +475,7 @@ def push_layout(
     on_event: ProgressCallback = ignore_event,
 ) -> PushResult:
     """Push an image already built into an OCI layout, byte for byte."""
-    from ociforge.image.oci_layout import OciLayout  # noqa: PLC0415  (only for oci: sources)
+    from ociforge.sinks.oci_layout import OciLayout  # noqa: PLC0415  (only for oci: sources)
 
     check_destinations(refs)
     started = time.monotonic()

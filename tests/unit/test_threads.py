@@ -1,4 +1,4 @@
-"""The bounded read-ahead and the ordered parallel map under the layer pipeline."""
+"""The bounded read-ahead and the ordered parallel map under the layer threads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ociforge import pipeline
+import ociforge.threads as thread_tools
 from ociforge.errors import ImageError, UsageError
-from ociforge.pipeline import Prefetch, check_threads, cpu_count, ordered_map
+from ociforge.threads import Prefetch, check_threads, cpu_count, ordered_map
 
 
 class Source:
@@ -201,7 +201,7 @@ def test_cpu_count_is_the_affinity_mask_without_a_quota(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    monkeypatch.setattr(pipeline, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
+    monkeypatch.setattr(thread_tools, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
     assert cpu_count() == len(os.sched_getaffinity(0))
 
 
@@ -224,9 +224,9 @@ def test_cpu_count_honours_a_container_cpu_quota(
     expected: int | None,
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))
-    monkeypatch.setattr(pipeline, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
+    monkeypatch.setattr(thread_tools, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
     monkeypatch.setattr(
-        pipeline, "CGROUP_V1_QUOTA", (str(tmp_path / "quota"), str(tmp_path / "period"))
+        thread_tools, "CGROUP_V1_QUOTA", (str(tmp_path / "quota"), str(tmp_path / "period"))
     )
     if v2 is not None:
         (tmp_path / "cpu.max").write_text(v2)
@@ -243,7 +243,7 @@ def test_check_threads_rejects_what_is_not_a_positive_int(bad: object) -> None:
 
 
 def test_check_threads_defaults_to_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "cpu_count", lambda: 7)
+    monkeypatch.setattr(thread_tools, "cpu_count", lambda: 7)
     assert check_threads(None) == 7
     assert check_threads(3) == 3
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from ociforge.annotations import check_annotations
-from ociforge.cache import KEY_ANNOTATION, layer_key
+from ociforge.assemble.annotations import check_annotations
+from ociforge.assemble.customise import ImageSource, customise
+from ociforge.assemble.essentials import EssentialsOptions
+from ociforge.assemble.layer import (
+    KEY_ANNOTATION,
+    EntriesLayer,
+    LayerDigests,
+    LayerRecipe,
+    StoreLayer,
+    layer_key,
+)
 from ociforge.compress import Compression, CompressionOptions
-from ociforge.customise import ImageSource, customise
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.essentials import EssentialsOptions
 from ociforge.image.config import (
     EPOCH_PLUS_ONE,
     RuntimeConfig,
@@ -27,7 +33,6 @@ from ociforge.image.config import (
     platform_for_system,
 )
 from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
-from ociforge.layer import EntriesLayer, LayerRecipe, StoreLayer
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
 from ociforge.spec import (
@@ -76,18 +81,7 @@ class PlannedLayer:
     recipe: LayerRecipe
     comment: str
     media_type: str
-    key: str  # cache.layer_key: identity of the blob's bytes, known before reading any
-
-
-class LayerFacts(Protocol):
-    """What config and manifest need of a layer: from a stream, the cache or the registry."""
-
-    @property
-    def diff_id(self) -> Digest: ...
-    @property
-    def digest(self) -> Digest: ...
-    @property
-    def size(self) -> int: ...
+    key: str  # layer_key: identity of the blob's bytes, known before reading any
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,7 @@ class ImagePlan:
     default_path: str | None = None
     warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
 
-    def finish(self, results: Sequence[LayerFacts]) -> BuiltImage:
+    def finish(self, results: Sequence[LayerDigests]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
         if len(results) != len(self.layers):
             raise UsageError("internal: one result per planned layer is required")
@@ -224,7 +218,7 @@ def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
     return {KEY_ANNOTATION: layer.key} if plan.options.format == "oci" else {}
 
 
-def _finish(plan: ImagePlan, results: Sequence[LayerFacts]) -> BuiltImage:
+def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
     # Plain JSON documents, not the models: loading pydantic was a third of a push that only
     # writes a new manifest (image/documents.py; the bytes are pinned by a test).
     opts = plan.options

@@ -1,0 +1,97 @@
+"""The local layer cache: layer key -> :class:`LayerDigests` (diff_id, blob digest, size).
+
+A layer's key (``assemble.layer.layer_key``) is known before any file is read, so a cached
+entry saves streaming an unchanged layer. One small JSON file per key under the XDG cache dir,
+written atomically so concurrent ociforge processes are safe; unreadable or inconsistent entries
+are ignored and logged, never trusted. The registry is the other source of such knowledge (see
+``publish/reuse.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from ociforge.assemble.layer import LayerDigests
+from ociforge.digest import Digest
+from ociforge.errors import OciforgeError
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$OCIFORGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/ociforge``, else ``~/.cache/ociforge``."""
+    env = os.environ if env is None else env
+    if env.get("OCIFORGE_CACHE_DIR"):
+        return Path(env["OCIFORGE_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ociforge"
+
+
+class LayerCache:
+    """key -> :class:`LayerDigests`, one JSON file per key; missing or bad entries read as None."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory) / "layers-v1"
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key.removeprefix('sha256:')}.json"
+
+    def get(self, key: str) -> LayerDigests | None:
+        try:
+            raw = self._path(key).read_text()
+        except OSError:
+            return None
+        try:
+            data = json.loads(raw)
+            if data["key"] != key:
+                raise ValueError("entry names another key")
+            return LayerDigests(
+                diff_id=Digest.parse(data["diff_id"]),
+                digest=Digest.parse(data["digest"]),
+                size=_positive_int(data["size"]),
+            )
+        except (ValueError, KeyError, TypeError, OciforgeError) as exc:
+            log.warning("ignoring corrupt layer cache entry %s: %s", self._path(key), exc)
+            return None
+
+    def put(self, key: str, layer: LayerDigests) -> None:
+        """Record ``layer`` atomically; a cache that cannot be written is only a warning."""
+        entry = {
+            "key": key,
+            "diff_id": str(layer.diff_id),
+            "digest": str(layer.digest),
+            "size": layer.size,
+        }
+        _write_json(self._path(key), entry)
+
+    def forget(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
+
+def _write_json(path: Path, entry: Mapping[str, object]) -> None:
+    """Atomically (concurrent processes read whole entries or none); failure only warns."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the layer cache in %s: %s", path.parent, exc.strerror)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _positive_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"size {value!r} is not a byte count")
+    return value
