@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     )
     from ociforge.assemble import BuiltImage, ImageOptions
     from ociforge.assemble.annotations import ci_annotations
-    from ociforge.assemble.customise import ImageSource
     from ociforge.assemble.essentials import EssentialsOptions
     from ociforge.compress import Compression, CompressionOptions
     from ociforge.digest import Digest
@@ -49,10 +48,17 @@ if TYPE_CHECKING:
     from ociforge.image import RuntimeConfig
     from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
     from ociforge.nix import Closure, StorePathInfo, read_closure
+    from ociforge.publish import (
+        PushedBlob,
+        PushPreview,
+        PushResult,
+        PushSession,
+        RegistryOptions,
+    )
     from ociforge.publish.reuse import LayerPreview
-    from ociforge.publish.session import PushedBlob, PushPreview, PushResult, RegistryOptions
     from ociforge.reference import Reference, parse_reference
     from ociforge.registry import Credentials
+    from ociforge.source import ImageSource, SourceSpec, parse_source
     from ociforge.tarstream import TarOptions
 
 _EXPORTS: dict[str, str] = {
@@ -73,19 +79,21 @@ _EXPORTS: dict[str, str] = {
     "Event": "ociforge.events",
     "ImageError": "ociforge.errors",
     "ImageOptions": "ociforge.assemble",
-    "ImageSource": "ociforge.assemble.customise",
+    "ImageSource": "ociforge.source",
     "LayerPlan": "ociforge.layering",
     "LayerPreview": "ociforge.publish.reuse",
     "Message": "ociforge.events",
     "NixError": "ociforge.errors",
     "OciforgeError": "ociforge.errors",
     "ProgressCallback": "ociforge.events",
-    "PushPreview": "ociforge.publish.session",
-    "PushResult": "ociforge.publish.session",
-    "PushedBlob": "ociforge.publish.session",
+    "PushPreview": "ociforge.publish",
+    "PushResult": "ociforge.publish",
+    "PushSession": "ociforge.publish",
+    "PushedBlob": "ociforge.publish",
     "Reference": "ociforge.reference",
+    "SourceSpec": "ociforge.source",
     "RegistryError": "ociforge.errors",
-    "RegistryOptions": "ociforge.publish.session",
+    "RegistryOptions": "ociforge.publish",
     "RuntimeConfig": "ociforge.image",
     "STRATEGIES": "ociforge.layering",
     "StorePathInfo": "ociforge.nix",
@@ -97,6 +105,7 @@ _EXPORTS: dict[str, str] = {
     "load_closure": "ociforge.api",
     "load_source": "ociforge.api",
     "parse_reference": "ociforge.reference",
+    "parse_source": "ociforge.source",
     "plan_layers": "ociforge.layering",
     "preview": "ociforge.api",
     "push": "ociforge.api",
@@ -131,11 +140,13 @@ __all__ = [
     "ProgressCallback",
     "PushPreview",
     "PushResult",
+    "PushSession",
     "PushedBlob",
     "Reference",
     "RegistryError",
     "RegistryOptions",
     "RuntimeConfig",
+    "SourceSpec",
     "StorePathInfo",
     "TarOptions",
     "UsageError",
@@ -145,6 +156,7 @@ __all__ = [
     "load_closure",
     "load_source",
     "parse_reference",
+    "parse_source",
     "plan_layers",
     "preview",
     "push",

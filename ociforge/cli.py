@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ import click
 
 from ociforge.api import BuildResult, build, preview, push
 from ociforge.assemble import ImageOptions
-from ociforge.assemble.annotations import ci_annotations, merge_annotations, parse_annotation_items
+from ociforge.assemble.annotations import parse_annotation_items
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import OciforgeError, UsageError
@@ -35,8 +34,7 @@ from ociforge.image import (
 )
 from ociforge.layering import STRATEGIES
 from ociforge.progress import ProgressDisplay
-from ociforge.publish.cache import default_cache_dir
-from ociforge.publish.session import PushPreview, PushResult, RegistryOptions
+from ociforge.publish import PushPreview, PushResult, RegistryOptions
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials
 from ociforge.tarstream import TarOptions
@@ -264,7 +262,7 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         link_roots=not kw["no_root_links"],
         essentials=_essentials(kw),
         entrypoint_hook=kw["entrypoint_hook"],
-        annotations=_annotations(kw),
+        annotations=parse_annotation_items(kw["annotations"]),
     )
 
 
@@ -278,13 +276,6 @@ def _essentials(kw: dict[str, Any]) -> EssentialsOptions:
         "adds": tuple(kw["adds"]),
     }
     return EssentialsOptions(**chosen) if on else EssentialsOptions.only(**chosen)
-
-
-def _annotations(kw: dict[str, Any]) -> dict[str, str]:
-    explicit = parse_annotation_items(kw["annotations"])
-    # Docker manifests cannot carry annotations: only explicit ones make that an error.
-    automatic = ci_annotations(os.environ) if kw["image_format"] == "oci" else {}
-    return merge_annotations(automatic, explicit)
 
 
 def _run(debug: bool, action: Callable[[], None]) -> None:
@@ -431,9 +422,14 @@ def _registry_options(kw: dict[str, Any]) -> RegistryOptions:
         jobs=kw["jobs"],
         chunk_size=parse_size(kw["chunk_size"], "--chunk-size") if kw["chunk_size"] else None,
         mount_from=kw["mount_from"],
-        cache_dir=None if kw["no_cache"] else (kw["cache_dir"] or str(default_cache_dir())),
+        **({"cache_dir": None} if kw["no_cache"] else _given(cache_dir=kw["cache_dir"])),
         cache_from=tuple(parse_reference(r) for r in kw["cache_from"]),
     )
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave: the others keep the library's defaults."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _registry_flags(func: F) -> F:
@@ -587,10 +583,10 @@ def _report_push(result: PushResult, as_json: bool) -> None:
             "seconds": round(result.seconds, 3),
             "blobs": [
                 {
-                    "digest": b.digest,
-                    "size": b.size,
+                    "digest": str(b.descriptor.digest),
+                    "size": b.descriptor.size,
                     "outcome": b.outcome,
-                    "mediaType": b.media_type,
+                    "mediaType": b.descriptor.media_type,
                 }
                 for b in result.blobs
             ],

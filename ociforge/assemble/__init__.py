@@ -13,7 +13,17 @@ from ociforge.assemble.plan import (
     ImageOptions,
     ImagePlan,
     PlannedLayer,
+    host_system,
     plan_image,
+    plan_source,
 )
 
-__all__ = ["BuiltImage", "ImageOptions", "ImagePlan", "PlannedLayer", "plan_image"]
+__all__ = [
+    "BuiltImage",
+    "ImageOptions",
+    "ImagePlan",
+    "PlannedLayer",
+    "host_system",
+    "plan_image",
+    "plan_source",
+]

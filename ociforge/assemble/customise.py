@@ -26,33 +26,13 @@ from ociforge.assemble.essentials import (
 from ociforge.assemble.rootfs import default_path, root_links
 from ociforge.errors import UsageError
 from ociforge.nix.closure import Closure
+from ociforge.source import ImageSource
 from ociforge.tarstream import TarEntry
 
-if TYPE_CHECKING:  # nixdb imports sqlite3 (only --with-nix pays for it), devenv is shells only
+if TYPE_CHECKING:  # devenv is for dev shells only
     from ociforge.nix.devenv import DevEnv
-    from ociforge.nix.nixdb import NixDatabase
 
-__all__ = ["Customisation", "ImageSource", "customise"]
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """What Nix gave for an image: the closure, and what goes beside the store paths.
-
-    ``linked_roots``: the roots whose top-level trees are linked into ``/`` (``None``: every
-    root of the closure; a dev shell's own output is a file, so only ``--contents`` roots).
-    ``devenv``: the shell's captured environment. ``nix_db``: the closure's registration, for
-    ``--with-nix``.
-    """
-
-    closure: Closure
-    linked_roots: tuple[str, ...] | None = None
-    devenv: DevEnv | None = None
-    nix_db: NixDatabase | None = None
-
-    @property
-    def roots_to_link(self) -> tuple[str, ...]:
-        return self.closure.roots if self.linked_roots is None else self.linked_roots
+__all__ = ["Customisation", "customise"]
 
 
 @dataclass(frozen=True)

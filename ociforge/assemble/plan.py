@@ -8,11 +8,12 @@ bytes are what gets hashed, written and pushed.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ociforge.assemble.annotations import check_annotations
-from ociforge.assemble.customise import ImageSource, customise
+from ociforge.assemble.annotations import check_annotations, ci_annotations, merge_annotations
+from ociforge.assemble.customise import customise
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.layer import (
     KEY_ANNOTATION,
@@ -25,6 +26,7 @@ from ociforge.assemble.layer import (
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
+from ociforge.events import Message, ProgressCallback, ignore_event
 from ociforge.image.config import (
     EPOCH_PLUS_ONE,
     RuntimeConfig,
@@ -35,6 +37,7 @@ from ociforge.image.config import (
 from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
+from ociforge.source import ImageSource, SourceSpec, load_source
 from ociforge.spec import (
     ImageFormat,
     config_media_type,
@@ -62,7 +65,11 @@ class ImageOptions:
     # None: the source's default (every essential for a dev shell, none otherwise).
     essentials: EssentialsOptions | None = None
     entrypoint_hook: bool = False  # a dev shell's shellHook run by the image's entrypoint
-    annotations: Mapping[str, str] = field(default_factory=dict)  # manifest (OCI only)
+    # Manifest annotations (OCI only); an empty value drops an automatic one.
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # OCI manifests also get source, revision and created from GitLab CI's variables, when the
+    # environment given to plan_image (the process's, for build() and push()) has them.
+    ci_annotations: bool = True
 
     def __post_init__(self) -> None:
         # Checked here, for API callers too, before nix builds anything.
@@ -95,6 +102,7 @@ class ImagePlan:
     runtime: RuntimeConfig  # the user's, with the source's variables, user and entrypoint
     default_path: str | None = None
     warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the manifest's, merged
 
     def finish(self, results: Sequence[LayerDigests]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -119,11 +127,49 @@ class BuiltImage:
         return str(Digest.of(self.manifest))
 
 
+def host_system() -> str:
+    """The Nix system of this machine, the default platform when a closure does not say."""
+    machine = os.uname().machine.lower()
+    return _HOST_SYSTEMS.get(machine, f"{machine}-linux")
+
+
+_HOST_SYSTEMS = {
+    "x86_64": "x86_64-linux",
+    "amd64": "x86_64-linux",
+    "aarch64": "aarch64-linux",
+    "arm64": "aarch64-linux",
+}
+
+
+def plan_source(
+    spec: SourceSpec,
+    options: ImageOptions,
+    *,
+    environ: Mapping[str, str] | None = None,
+    on_event: ProgressCallback = ignore_event,
+) -> ImagePlan:
+    """Read ``spec`` (nix builds what it must) and plan its image; what the image will lack
+    is reported as warning messages. ``environ``: for the CI annotations (default: this
+    process's)."""
+    with_nix = options.essentials is not None and options.essentials.with_nix
+    loaded = load_source(spec, with_nix=with_nix)
+    env = os.environ if environ is None else environ
+    plan = plan_image(loaded, options, host_system=host_system(), environ=env)
+    for warning in plan.warnings:
+        on_event(Message(f"warning: {warning}"))
+    return plan
+
+
 def plan_image(
-    source: Closure | ImageSource, options: ImageOptions, *, host_system: str
+    source: Closure | ImageSource,
+    options: ImageOptions,
+    *,
+    host_system: str,
+    environ: Mapping[str, str] | None = None,
 ) -> ImagePlan:
     """Group the closure into layers; the last one links the roots into ``/`` and holds the
-    essentials, added files and the dev shell's entrypoint."""
+    essentials, added files and the dev shell's entrypoint. ``environ`` gives the GitLab CI
+    annotations (none when None)."""
     if isinstance(source, Closure):
         source = ImageSource(source)
     closure = source.closure
@@ -163,8 +209,19 @@ def plan_image(
         for recipe, comment in recipes
     ]
     runtime = _runtime(options.runtime, custom.env, custom.user, custom.entrypoint)
+    automatic = ci_annotations(environ or {}) if options.ci_annotations else {}
+    annotations = (
+        merge_annotations(automatic, options.annotations) if options.format == "oci" else {}
+    )
     return ImagePlan(
-        closure, tuple(layers), options, host_system, runtime, custom.default_path, custom.warnings
+        closure,
+        tuple(layers),
+        options,
+        host_system,
+        runtime,
+        custom.default_path,
+        custom.warnings,
+        annotations,
     )
 
 
@@ -192,7 +249,7 @@ def _describe(entries: Sequence[TarEntry]) -> str:
 def _check_format(options: ImageOptions) -> None:
     if options.format == "docker" and options.compression.algorithm is Compression.ZSTD:
         raise UsageError("--format docker cannot carry zstd layers: use --compression gzip")
-    if options.format == "docker" and options.annotations:
+    if options.format == "docker" and any(options.annotations.values()):
         raise UsageError("--format docker manifests have no annotations: use --format oci")
     check_annotations(options.annotations)
 
@@ -245,7 +302,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
         manifest_media_type(opts.format),
         Descriptor.of(config_bytes, cfg_type),
         layers,
-        plan.options.annotations,  # none for Docker: refused by plan_image
+        plan.annotations,  # none for Docker
     )
     return BuiltImage(
         config=config_bytes,

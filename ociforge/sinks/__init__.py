@@ -1,4 +1,4 @@
-"""Where a built image goes: an OCI image layout directory or a docker archive.
+"""Where a built image goes besides a registry: an OCI image layout directory or a docker archive.
 
 Targets are written as skopeo spells them: ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME:TAG]``
 (``FILE`` may be ``-`` for stdout, so ``ociforge build ... docker-archive:- | podman load`` works).
@@ -17,21 +17,10 @@ from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
-from ociforge.spec import TAG_RE
+from ociforge.source import LayoutRef, parse_layout_ref
 
 if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
     from ociforge.image import DockerArchiveWriter
-
-
-@dataclass(frozen=True)
-class OciTarget:
-    """``oci:DIR[:TAG]``: an OCI image layout directory."""
-
-    directory: str
-    tag: str | None = None  # None: "latest" when writing, "the only image" when reading
-
-    def __str__(self) -> str:
-        return f"oci:{self.directory}:{self.tag or 'latest'}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,7 @@ class DockerArchiveTarget:
         return f"docker-archive:{self.path}" + (f":{self.reference}" if self.reference else "")
 
 
-Target = OciTarget | DockerArchiveTarget
+Target = LayoutRef | DockerArchiveTarget
 
 
 def parse_target(text: str) -> Target:
@@ -56,10 +45,7 @@ def parse_target(text: str) -> Target:
             f"unknown output {text!r}: use oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]"
         )
     if kind == "oci":
-        directory, _, tag = rest.rpartition(":")
-        if directory and TAG_RE.fullmatch(tag) and "/" not in tag:
-            return OciTarget(directory, tag)
-        return OciTarget(rest)
+        return parse_layout_ref(text)
     if kind == "docker-archive":
         path, _, ref = rest.partition(":")
         if ref and ":" not in ref:
@@ -68,7 +54,7 @@ def parse_target(text: str) -> Target:
     raise UsageError(f"unknown output type {kind!r}: use oci:DIR[:TAG] or docker-archive:FILE")
 
 
-def write_oci(plan: ImagePlan, target: OciTarget, on_event: ProgressCallback) -> BuiltImage:
+def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) -> BuiltImage:
     """Stream every layer into the layout's blob store, then config, manifest and tag."""
     from ociforge.sinks.oci_layout import OciLayout  # noqa: PLC0415
 

@@ -144,7 +144,7 @@ def test_a_blob_deleted_from_the_registry_is_uploaded_again(
 ) -> None:
     app = closures[0]["app-1.0"]
     first = push(app, [f"{registry.host}/{repo_name}:one"], tmp_path / "cache")
-    gone = first.blobs[0].digest
+    gone = first.blobs[0].descriptor.digest
     httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
     second = push(app, [f"{registry.host}/{repo_name}:two"], tmp_path / "cache")
     assert outcomes(second)[0] == "uploaded" and set(outcomes(second)[1:]) == {"skipped"}
@@ -170,7 +170,7 @@ def test_a_new_commit_of_the_same_closure_checks_no_layer_the_tag_already_has(
     sent = [(r.method, r.path.split("/")[-2]) for r in fault_proxy.requests[before:]]
     assert opened == [] and outcomes(second) == ["skipped"] * 4
     assert second.manifest_digest != first.manifest_digest
-    layers = {b.digest for b in second.blobs}
+    layers = {str(b.descriptor.digest) for b in second.blobs}
     assert not [r for r in fault_proxy.requests[before:] if r.path.rsplit("/", 1)[-1] in layers]
     assert sent[:3] == [("GET", "v2"), ("GET", "manifests"), ("GET", "blobs")]  # + old config
     assert sent[-1] == ("PUT", "manifests") and len(sent) <= 7, sent  # config upload, manifest
@@ -189,7 +189,7 @@ def test_a_layer_deleted_under_the_tags_manifest_is_uploaded_again(
     v1, v2 = closures
     ref = f"{registry.host}/{repo_name}:latest"
     first = push(v1["app-1.0"], [ref], tmp_path / "cache", commit="1")
-    gone = first.blobs[0].digest  # busybox's layer: v2 has it too
+    gone = first.blobs[0].descriptor.digest  # busybox's layer: v2 has it too
     httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{gone}").raise_for_status()
     opened.clear()
     second = push(v2["app-1.0"], [ref], tmp_path / "cache", commit="2")
@@ -209,7 +209,9 @@ def test_a_layer_deleted_from_one_of_two_destinations_is_found_before_mounting(
     app = closures[0]["app-1.0"]
     ref = f"{registry.host}/{repo_name}:latest"
     first = push(app, [ref], None, commit="1")
-    httpx.delete(f"{registry.url}/v2/{repo_name}/blobs/{first.blobs[0].digest}").raise_for_status()
+    httpx.delete(
+        f"{registry.url}/v2/{repo_name}/blobs/{first.blobs[0].descriptor.digest}"
+    ).raise_for_status()
     other = f"{registry.host}/{repo_name}-copy:latest"
     second = push(app, [ref, other], None, commit="2")
     assert outcomes(second)[:4] == ["uploaded", "skipped", "skipped", "skipped"]

@@ -11,7 +11,7 @@ import pytest
 
 from ociforge.assemble import ImageOptions, plan_image
 from ociforge.assemble.annotations import ci_annotations, merge_annotations, parse_annotation_items
-from ociforge.assemble.customise import ImageSource, customise
+from ociforge.assemble.customise import customise
 from ociforge.assemble.devshell import ENTRYPOINT
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.layer import LayerDigests
@@ -20,6 +20,7 @@ from ociforge.errors import UsageError
 from ociforge.image import RuntimeConfig
 from ociforge.nix.closure import Closure, StorePathInfo, merge_closures
 from ociforge.nix.devenv import DevEnv
+from ociforge.source import ImageSource
 from tests.unit.test_essentials import busybox, package
 
 NAR_HASH = "sha256-" + "A" * 43 + "="

@@ -17,11 +17,11 @@ import pytest
 
 from ociforge.assemble import ImageOptions, ImagePlan, plan_image
 from ociforge.assemble.annotations import parse_annotation_items
-from ociforge.assemble.customise import ImageSource
 from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.image import RuntimeConfig
+from ociforge.source import ImageSource
 from tests.unit.test_customise import closure_of
 
 REPO = Path(__file__).resolve().parents[2]

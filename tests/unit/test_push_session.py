@@ -12,7 +12,8 @@ import pytest
 
 from ociforge.assemble import ImagePlan
 from ociforge.errors import AuthError, RegistryError, UsageError
-from ociforge.publish.session import Tags, _tags, check_destinations, tags_while_planning
+from ociforge.publish.options import check_destinations
+from ociforge.publish.tags import Tags, read_tags, tags_while_planning
 from ociforge.reference import parse_reference
 from ociforge.registry import Credentials, RegistryClient
 from ociforge.threads import Background
@@ -110,7 +111,7 @@ def test_tags_are_read_once_per_tag() -> None:
         return httpx.Response(200 if request.url.path == "/v2/" else 404)
 
     with client(httpx.MockTransport(registry)) as c:
-        tags: Tags = _tags(c, [REF, REF], ["repository:group/app:pull,push"], threading.Event())
+        tags: Tags = read_tags(c, [REF, REF], ["repository:group/app:pull,push"], threading.Event())
     assert tags == {("group/app", "latest"): None}
     assert paths == ["/v2/", "/v2/group/app/manifests/latest"]
 

@@ -1,0 +1,118 @@
+"""The destination tags of a push: what they hold now, whether they are current, moving them.
+
+Tags are read while the image is planned (nix evaluating, building, listing the closure) and
+written last, after every blob is in place: a failed push leaves every tag where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from ociforge.assemble import ImagePlan
+from ociforge.assemble.layer import LayerDigests
+from ociforge.digest import Digest
+from ociforge.errors import ImageError
+from ociforge.image.documents import parse_manifest
+from ociforge.reference import Reference
+from ociforge.registry import RegistryClient, get_manifest, put_manifest
+from ociforge.threads import Background
+
+Tags = dict[tuple[str, str], tuple[bytes, str, Digest] | None]  # (repo, tag) -> its manifest
+
+
+@contextmanager
+def plan_errors_first(planning: Background[object]) -> Iterator[None]:
+    """An error raised inside is raised once the plan is made, and replaced by the plan's own
+    error if the plan failed (the inside stops early then: ``planning.failed`` is its cancel).
+    An interrupt waits for the plan too, as it did when nix ran in the caller's thread: nix
+    (which got the terminal's Ctrl-C as well) is not left running; a second one stops waiting.
+    """
+    try:
+        yield
+    except Exception:
+        planning.result()
+        raise
+    except BaseException:
+        planning.join()
+        raise
+
+
+def tags_while_planning(
+    planning: Background[ImagePlan],
+    client: RegistryClient,
+    refs: Sequence[Reference],
+    scopes: Sequence[str],
+) -> tuple[ImagePlan, Tags]:
+    """The plan, and what the tags hold, read while it is being made."""
+    with plan_errors_first(planning):
+        current = read_tags(client, refs, scopes, planning.failed)
+        return planning.result(), current
+
+
+def read_tags(
+    client: RegistryClient,
+    refs: Sequence[Reference],
+    scopes: Sequence[str],
+    cancel: threading.Event,
+) -> Tags:
+    """What each destination tag points to now (None: no such tag)."""
+    client.ping(cancel=cancel)
+    current: Tags = {}
+    for ref in refs:
+        tag = (ref.repository, ref.manifest_ref)
+        if tag not in current:
+            current[tag] = get_manifest(
+                client, ref.repository, ref.manifest_ref, scopes=scopes, cancel=cancel
+            )
+    return current
+
+
+def held_by_every_tag(
+    plan: ImagePlan, known: Mapping[str, LayerDigests], refs: Sequence[Reference], current: Tags
+) -> Digest | None:
+    """The manifest digest every tag already holds, if every layer is ``known`` and that
+    manifest is, byte for byte, the one the plan gives (serialising it takes ~2 ms); else None.
+    """
+    held = {current.get((r.repository, r.manifest_ref)) for r in refs}
+    if len(held) != 1 or not all(layer.key in known for layer in plan.layers):
+        return None  # a tag is missing, or they hold different manifests: each gets this one
+    [found] = held
+    if found is None:
+        return None
+    ours = Digest.of(plan.finish([known[layer.key] for layer in plan.layers]).manifest)
+    return ours if ours == found[2] else None
+
+
+def referenced(current: Tags, repo: str) -> frozenset[Digest]:
+    """The layers ``repo``'s tags reference now. A registry keeps every blob a manifest
+    references, so they need no HEAD each: on a new commit of an unchanged closure, that is
+    one request per layer fewer (a second or more against a remote GitLab)."""
+    digests: set[Digest] = set()
+    for (tag_repo, _), found in current.items():
+        if tag_repo == repo and found is not None:
+            with contextlib.suppress(ImageError):  # not ours to read: HEAD its layers
+                digests.update(layer.digest for layer in parse_manifest(found[0]).layers)
+    return frozenset(digests)
+
+
+def put_tags(
+    client: RegistryClient,
+    refs: Sequence[Reference],
+    manifest: bytes,
+    media_type: str,
+    current: Tags | None = None,
+) -> str:
+    """The manifest under every tag that does not hold it already; its digest."""
+    digest = Digest.of(manifest)
+    for ref in refs:
+        found = (current or {}).get((ref.repository, ref.manifest_ref))
+        if found is None or found[2] != digest:
+            put_manifest(client, ref.repository, ref.manifest_ref, manifest, media_type)
+    return str(digest)
+
+
+def tag_names(refs: Sequence[Reference]) -> tuple[str, ...]:
+    return tuple(f"{r.name}:{r.manifest_ref}" for r in refs)
