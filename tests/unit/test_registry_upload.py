@@ -28,7 +28,7 @@ from ociforge.registry.upload import (
     upload_blob,
     upload_bytes,
 )
-from tests.unit.test_registry_fake import REGISTRY, FakeRegistry, sha
+from tests.support.fakeregistry import REGISTRY, FakeRegistry, sha
 
 LAYER = b"0123456789" * 10
 E = TypeVar("E", bound=Event)
