@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,10 +194,11 @@ class World:
 
 
 @pytest.fixture
-def world(images: Images) -> Iterator[World]:
+def world(images: Images) -> World:
+    """A registry whose tag holds an older, unrelated image: a failed push must leave it."""
     w = World(images)
     w.seed(images.unrelated, TAG)
-    yield w
+    return w
 
 
 def statuses(exchanges: list[Exchange]) -> list[int | None]:
