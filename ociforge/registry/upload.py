@@ -188,6 +188,17 @@ def push_blob(
         raise RegistryError(f"push of {job.key} {_CANCELLED}")
     if job.expected is not None:
         size = blob_exists(client, repo, job.expected, cancel=cancel)
+        if size is not None and job.size is not None and size != job.size:
+            # A registry's word is checked: a blob of another size is not the one we know.
+            log.warning(
+                "%s answered %d bytes for %s of %s, expected %d: uploading it",
+                client.registry,
+                size,
+                job.expected,
+                repo,
+                job.size,
+            )
+            size = None
         outcome: Literal["skipped", "mounted"] = "skipped"
         source = job.mount_from if size is None and job.mount_from != repo else None
         if source and mount_blob(client, repo, job.expected, source, cancel=cancel):

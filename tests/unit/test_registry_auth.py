@@ -14,7 +14,7 @@ from ociforge.registry.client import RegistryClient
 from ociforge.registry.credentials import Credentials
 from ociforge.registry.streams import BytesBlob, HashingStream
 from ociforge.registry.upload import blob_exists, mount_blob, upload_blob
-from tests.unit.test_registry_fake import REALM, REGISTRY, SERVICE, USERS, FakeRegistry, basic, sha
+from tests.support.fakeregistry import REALM, REGISTRY, SERVICE, USERS, FakeRegistry, basic, sha
 
 ALICE = Credentials("alice", USERS["alice"], "test")
 

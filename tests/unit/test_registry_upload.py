@@ -23,7 +23,7 @@ from ociforge.registry.upload import (
     upload_bytes,
 )
 from ociforge.spec import ACCEPT_MANIFEST_TYPES, OCI_MANIFEST
-from tests.unit.test_registry_fake import REGISTRY, FakeRegistry, sha
+from tests.support.fakeregistry import REGISTRY, FakeRegistry, sha
 
 LAYER = b"0123456789" * 10
 E = TypeVar("E", bound=Event)
