@@ -3,7 +3,7 @@
 The public API is what ``__all__`` lists; everything else is private and may change.
 
 Names are imported on first use (PEP 562): ``import ociforge.errors`` or the command's entry
-point do not pay for httpx and pydantic until they need them, and the entry point can keep
+point do not pay for httpx until they need it, and the entry point can keep
 unused optional modules out before anything imports them (see ``__main__``).
 """
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         Message,
         ProgressCallback,
     )
-    from ociforge.image import RuntimeConfig
+    from ociforge.image.config import RuntimeConfig
     from ociforge.layering import STRATEGIES, LayerPlan, plan_layers
     from ociforge.nix import Closure, StorePathInfo, read_closure
     from ociforge.publish import (
@@ -94,7 +94,7 @@ _EXPORTS: dict[str, str] = {
     "SourceSpec": "ociforge.source",
     "RegistryError": "ociforge.errors",
     "RegistryOptions": "ociforge.publish",
-    "RuntimeConfig": "ociforge.image",
+    "RuntimeConfig": "ociforge.image.config",
     "STRATEGIES": "ociforge.layering",
     "StorePathInfo": "ociforge.nix",
     "TarOptions": "ociforge.tarstream",

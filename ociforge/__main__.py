@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 
@@ -14,8 +13,6 @@ def run() -> None:
       clients; ociforge is synchronous (~150 ms of start-up, a third of a warm push).
     - httpx imports its own command line (click, rich, pygments) whenever rich is installed;
       blocked, httpx falls back to a stub ``httpx.main``.
-    - pydantic scans every installed distribution's entry points for plugins the first time a
-      model is built (tens of milliseconds in a big environment); the command loads none.
     - The imports allocate some 100k objects that live as long as the process; the cyclic
       garbage collector ran five full passes over them during start-up (~15 ms of a warm
       push). It is off while importing, and what the imports made is frozen out of its way.
@@ -25,7 +22,6 @@ def run() -> None:
     """
     for unused in ("trio", "anyio", "httpx._main"):
         sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     gc.disable()
     from ociforge.cli import main  # noqa: PLC0415 - after the guard above, on purpose
 

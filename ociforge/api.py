@@ -4,7 +4,9 @@ Every behaviour of the ``ociforge`` command is here with the same result: the CL
 its flags into these arguments, prints and maps errors to exit codes. Everything an image's bytes
 depend on is in :class:`ImageOptions` (GitLab CI's annotations included: they are read from this
 process's environment, as the CLI does); how to talk to a registry is in
-:class:`RegistryOptions`; what the image is made of is a source (see ``parse_source``).
+:class:`RegistryOptions`; what the image is made of is a source (see ``parse_source``). The
+option types and parsers a front end needs are re-exported here, so the CLI imports nothing
+else of ociforge but its errors and its progress display.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ociforge.assemble import BuiltImage, ImageOptions, plan_source
+from ociforge.assemble.annotations import parse_annotation_items
+from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.plan import host_system
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import ProgressCallback, ignore_event
+from ociforge.image.config import EPOCH_PLUS_ONE, RuntimeConfig, check_created, parse_env_items
+from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
 from ociforge.publish.options import check_destinations
 from ociforge.reference import Reference, parse_reference
-from ociforge.registry import check_ca_bundle
+from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
     DockerArchiveTarget,
     Target,
@@ -33,13 +39,30 @@ from ociforge.sinks import (
 )
 from ociforge.source import ImageSource, SourceSpec, parse_source
 from ociforge.source import load_source as _load_spec
+from ociforge.tarstream import TarOptions
 
 __all__ = [
+    "EPOCH_PLUS_ONE",
+    "STRATEGIES",
     "BuildResult",
+    "Compression",
+    "CompressionOptions",
+    "Credentials",
+    "EssentialsOptions",
+    "ImageOptions",
+    "PushPreview",
+    "PushResult",
+    "RegistryOptions",
+    "RuntimeConfig",
+    "TarOptions",
     "build",
+    "check_created",
     "host_system",
     "load_closure",
     "load_source",
+    "parse_annotation_items",
+    "parse_env_items",
+    "parse_reference",
     "preview",
     "push",
 ]

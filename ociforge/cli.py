@@ -20,24 +20,30 @@ from typing import Any, TypeVar
 
 import click
 
-from ociforge.api import BuildResult, build, preview, push
-from ociforge.assemble import ImageOptions
-from ociforge.assemble.annotations import parse_annotation_items
-from ociforge.assemble.essentials import EssentialsOptions
-from ociforge.compress import Compression, CompressionOptions
-from ociforge.errors import OciforgeError, UsageError
-from ociforge.image import (
+from ociforge.api import (
     EPOCH_PLUS_ONE,
+    STRATEGIES,
+    BuildResult,
+    Compression,
+    CompressionOptions,
+    Credentials,
+    EssentialsOptions,
+    ImageOptions,
+    PushPreview,
+    PushResult,
+    RegistryOptions,
     RuntimeConfig,
+    TarOptions,
+    build,
     check_created,
+    parse_annotation_items,
     parse_env_items,
+    parse_reference,
+    preview,
+    push,
 )
-from ociforge.layering import STRATEGIES
+from ociforge.errors import OciforgeError, UsageError
 from ociforge.progress import ProgressDisplay
-from ociforge.publish import PushPreview, PushResult, RegistryOptions
-from ociforge.reference import parse_reference
-from ociforge.registry import Credentials
-from ociforge.tarstream import TarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 

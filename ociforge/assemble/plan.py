@@ -276,8 +276,8 @@ def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
 
 
 def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
-    # Plain JSON documents, not the models: loading pydantic was a third of a push that only
-    # writes a new manifest (image/documents.py; the bytes are pinned by a test).
+    # Plain JSON documents (image/documents.py): cheap enough that a warm push serialises the
+    # manifest it would push to compare it with the tag's (the bytes are pinned by a test).
     opts = plan.options
     arch, os_name, variant = _platform(plan)
     config = config_document(

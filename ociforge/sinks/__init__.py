@@ -19,8 +19,8 @@ from ociforge.errors import UsageError
 from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
 from ociforge.source import LayoutRef, parse_layout_ref
 
-if TYPE_CHECKING:  # the writers need pydantic: imported when an image is written
-    from ociforge.image import DockerArchiveWriter
+if TYPE_CHECKING:  # the writers load when an image is written
+    from ociforge.sinks.docker_archive import DockerArchiveWriter
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,11 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import ImageError
-from ociforge.image import (
-    OCI_CONFIG,
-    OCI_LAYER_GZIP,
-    OCI_MANIFEST,
-    RuntimeConfig,
-    config_document,
-)
+from ociforge.image.config import RuntimeConfig, config_document
 from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
 from ociforge.sinks.docker_archive import DockerArchiveWriter
 from ociforge.sinks.oci_layout import OciLayout
+from ociforge.spec import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from tests.support.podman import Podman
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.image import RuntimeConfig
+from ociforge.image.config import RuntimeConfig
 from ociforge.nix.closure import Closure, StorePathInfo, merge_closures
 from ociforge.nix.devenv import DevEnv
 from ociforge.source import ImageSource

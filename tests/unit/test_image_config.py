@@ -8,7 +8,7 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.image import (
+from ociforge.image.config import (
     RuntimeConfig,
     config_document,
     parse_env_items,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ociforge.errors import UsageError
-from ociforge.image import (
+from ociforge.spec import (
     ACCEPT_MANIFEST_TYPES,
     config_media_type,
     layer_media_type,

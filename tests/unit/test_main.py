@@ -1,7 +1,4 @@
-"""The command's entry point keeps start-up lean: a warm push is mostly start-up.
-
-pydantic is loaded only when a manifest or config is read or built, which a warm push with a
-local cache does not need."""
+"""The command's entry point keeps start-up lean: a warm push is mostly start-up."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from ociforge.assemble.annotations import parse_annotation_items
 from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
-from ociforge.image import RuntimeConfig
+from ociforge.image.config import RuntimeConfig
 from ociforge.source import ImageSource
 from tests.unit.test_customise import closure_of
 

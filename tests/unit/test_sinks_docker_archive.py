@@ -11,10 +11,7 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
-from ociforge.image import (
-    RuntimeConfig,
-    config_document,
-)
+from ociforge.image.config import RuntimeConfig, config_document
 from ociforge.image.documents import canonical_bytes
 from ociforge.sinks.docker_archive import DockerArchiveWriter, check_repo_tag
 

@@ -12,9 +12,9 @@ import pytest
 
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, ImageError, UsageError
-from ociforge.image import OCI_CONFIG, OCI_MANIFEST
 from ociforge.image.documents import Descriptor, Manifest, Platform
 from ociforge.sinks.oci_layout import REF_NAME, OciLayout
+from ociforge.spec import OCI_CONFIG, OCI_MANIFEST
 
 
 def manifest_bytes(config: bytes = b"{}") -> bytes:
