@@ -1,6 +1,6 @@
 """Tar headers as nixpkgs' ``tarfile`` writes them (``PAX_FORMAT``), built by hand for speed.
 
-The options and entries of a tar stream, and :class:`_Headers`, which makes every header block:
+The options and entries of a tar stream, and :class:`Headers`, which makes every header block:
 ustar fields cached per mode and size for the common entry (the fast path of ``tarstream``),
 PAX extended headers exactly as tarfile writes them for names that do not fit. See
 ``tarstream`` for the determinism checklist.
@@ -17,26 +17,26 @@ from typing import Literal
 
 from ociforge.errors import UsageError
 
-_BLOCK = 512
-_RECORD = 20 * _BLOCK
-_ZEROS = bytes(_RECORD + 2 * _BLOCK)
+BLOCK = 512
+RECORD = 20 * BLOCK
+ZEROS = bytes(RECORD + 2 * BLOCK)
 _MAGIC = b"ustar\x0000"  # POSIX magic + version, what tarfile writes for PAX_FORMAT
 _MAX_ID = 8**7  # largest+1 value of an 8-byte octal field
 _MAX_SIZE = 8**11  # largest+1 value of a 12-byte octal field (8 GiB)
-_REGTYPE, _SYMTYPE, _DIRTYPE = b"0", b"2", b"5"
-_ENCODING = "utf-8"  # fixed, not the locale's: the bytes must not depend on the machine
+REGTYPE, SYMTYPE, DIRTYPE = b"0", b"2", b"5"
+ENCODING = "utf-8"  # fixed, not the locale's: the bytes must not depend on the machine
 # The fast path packs a plain ustar block and the file's content, zero-padded to whole blocks,
 # with one pack_into: name, mode+uid+gid, size+mtime, the checksum's two halves in octal, then
 # "\0 " + typeflag..end of the block (constant for a type and options), then the content.
 _USTAR_FORMAT = "100s24s24s3s3s358s%ds"
-_OCTAL3 = tuple(b"%03o" % n for n in range(0o1000))
+OCTAL3 = tuple(b"%03o" % n for n in range(0o1000))
 _PACK_MAX = 1 << 16  # larger files are copied straight into the chunk buffer instead
 _SIZE_CACHE_MAX = 1 << 14  # sizes whose fields are cached (bounded memory)
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_FLAGS = _FILE_FLAGS | os.O_DIRECTORY
-_MAX_OPEN_DIRS = 64  # deeper directories' entries are opened by full path: bounded open fds
-_Fields = tuple[bytes, bytes, int]  # mode+uid+gid, "\0 " + typeflag..end, adler32 state
-_Sized = tuple[bytes, int, struct.Struct]  # size+mtime, its byte sum - 1, packer
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = FILE_FLAGS | os.O_DIRECTORY
+MAX_OPEN_DIRS = 64  # deeper directories' entries are opened by full path: bounded open fds
+Fields = tuple[bytes, bytes, int]  # mode+uid+gid, "\0 " + typeflag..end, adler32 state
+Sized = tuple[bytes, int, struct.Struct]  # size+mtime, its byte sum - 1, packer
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _check_encodable(text: str, what: str) -> None:
     if not isinstance(text, str):
         raise UsageError(f"{what} must be a string, got {text!r}")
     try:
-        text.encode(_ENCODING, "surrogateescape")
+        text.encode(ENCODING, "surrogateescape")
     except UnicodeEncodeError:
         raise UsageError(f"{what} cannot be encoded as file name bytes: {text!r}") from None
 
@@ -117,7 +117,7 @@ def _pax_record(key: str, value: str) -> tuple[bytes, bool]:
     try:
         raw, binary = value.encode("utf-8"), False
     except UnicodeEncodeError:  # surrogate-escaped bytes of a name that is not UTF-8
-        raw, binary = value.encode(_ENCODING, "surrogateescape"), True
+        raw, binary = value.encode(ENCODING, "surrogateescape"), True
     body = b" %s=%s\n" % (key.encode("ascii"), raw)
     length = len(body)
     while len(body) + len(str(length)) != length:  # the length counts its own digits
@@ -132,7 +132,7 @@ def _chksum_field(adler: int) -> bytes:
     return b"%06o\0 " % ((adler & 0xFFFF) - 1)
 
 
-class _Headers:
+class Headers:
     """Builds header blocks for one set of options; the constant parts are computed once."""
 
     def __init__(self, options: TarOptions) -> None:
@@ -161,7 +161,7 @@ class _Headers:
         # The PAX header block itself: tarfile leaves every field but name/size/type at zero.
         self._pax_head = b"././@PaxHeader".ljust(100, b"\0") + b"0000000\0" * 3
         self._pax_mtime_f = b"00000000000\0"
-        self._pax_rest = (b"x" + bytes(100) + _MAGIC).ljust(_BLOCK - 156, b"\0")
+        self._pax_rest = (b"x" + bytes(100) + _MAGIC).ljust(BLOCK - 156, b"\0")
         self._pax_adler = zlib.adler32(
             self._pax_head + self._pax_mtime_f + b" " * 8 + self._pax_rest
         )
@@ -170,21 +170,21 @@ class _Headers:
     def _init_fast(self) -> None:
         """Caches of the fast path (see :meth:`fast_fields`): a few entries each, bounded."""
         self.plain = not (self._pax_ids or self._pax_mtime)  # else every entry needs PAX
-        self.file_fields: dict[int, _Fields] = {}  # by st_mode
-        self.dir_fields: dict[int, _Fields] = {}
-        self.sizes: dict[int, _Sized] = {}  # by size, below _SIZE_CACHE_MAX
+        self.file_fields: dict[int, Fields] = {}  # by st_mode
+        self.dir_fields: dict[int, Fields] = {}
+        self.sizes: dict[int, Sized] = {}  # by size, below _SIZE_CACHE_MAX
 
     def name(self, path: str) -> str:
         return path[1:] if self.relative else path
 
-    def fast_fields(self, st_mode: int, typeflag: bytes) -> _Fields | None:
+    def fast_fields(self, st_mode: int, typeflag: bytes) -> Fields | None:
         """The fields of a plain header for this st_mode that do not depend on name and size,
         if it is of ``typeflag``'s type and no PAX record is needed; else None.
 
         The adler32 state covers those fields and the constant ones, the checksum read as
         spaces: its low half is 1 + their byte sum; the name's and size's sums remain to add.
         """
-        if typeflag == _REGTYPE:
+        if typeflag == REGTYPE:
             matches, cache = stat.S_ISREG(st_mode), self.file_fields
         else:
             matches, cache = stat.S_ISDIR(st_mode), self.dir_fields
@@ -196,11 +196,11 @@ class _Headers:
         fields = cache[st_mode] = mode_ids, type_tail, adler
         return fields
 
-    def size_fields(self, size: int) -> _Sized | None:
+    def size_fields(self, size: int) -> Sized | None:
         """Size and mtime fields, their byte sum minus 1 (the start of the adler32 that sums
         the rest) and the packer of a header with this much content; None for content the fast
         path does not pack."""
-        padded = size + -size % _BLOCK
+        padded = size + -size % BLOCK
         if padded > _PACK_MAX:
             return None
         size_mtime = b"%011o\0" % size + self._mtime
@@ -243,16 +243,16 @@ class _Headers:
         size_f = b"%011o\0" % len(data)
         chksum = _chksum_field(zlib.adler32(size_f, self._pax_adler))
         head = (self._pax_head, size_f, self._pax_mtime_f, chksum, self._pax_rest)
-        return b"".join(head) + data + _ZEROS[: -len(data) % _BLOCK]
+        return b"".join(head) + data + ZEROS[: -len(data) % BLOCK]
 
 
-_PACKERS = [struct.Struct(_USTAR_FORMAT % (n * _BLOCK)) for n in range(_PACK_MAX // _BLOCK + 1)]
+_PACKERS = [struct.Struct(_USTAR_FORMAT % (n * BLOCK)) for n in range(_PACK_MAX // BLOCK + 1)]
 
 
 def _packer(padded: int) -> struct.Struct:
-    return _PACKERS[padded // _BLOCK]
+    return _PACKERS[padded // BLOCK]
 
 
-def _plain_name(name: bytes) -> bool:
+def plain_name(name: bytes) -> bool:
     """Whether ``name`` fits the ustar name field as it is (else a PAX record holds it)."""
     return len(name) <= 100 and name.isascii()

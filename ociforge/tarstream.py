@@ -35,23 +35,23 @@ from operator import attrgetter
 
 from ociforge.errors import ImageError, UsageError
 from ociforge.tarheader import (
-    _BLOCK,
-    _DIR_FLAGS,
-    _DIRTYPE,
-    _ENCODING,
-    _FILE_FLAGS,
-    _MAX_OPEN_DIRS,
-    _OCTAL3,
-    _RECORD,
-    _REGTYPE,
-    _SYMTYPE,
-    _ZEROS,
+    BLOCK,
+    DIR_FLAGS,
+    DIRTYPE,
+    ENCODING,
+    FILE_FLAGS,
+    MAX_OPEN_DIRS,
+    OCTAL3,
+    RECORD,
+    REGTYPE,
+    SYMTYPE,
+    ZEROS,
+    Fields,
+    Headers,
+    Sized,
     TarEntry,
     TarOptions,
-    _Fields,
-    _Headers,
-    _plain_name,
-    _Sized,
+    plain_name,
 )
 
 __all__ = ["TarEntry", "TarOptions", "entries_tar_chunks", "store_tar_chunks", "store_tar_size"]
@@ -83,7 +83,7 @@ class _Chunker:
     cut chunks where they fall.
     """
 
-    def __init__(self, size: int, headers: _Headers) -> None:
+    def __init__(self, size: int, headers: Headers) -> None:
         self._size = size
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
@@ -111,11 +111,11 @@ class _Chunker:
                 yield bytes(self._buf)
                 self._pos = 0
 
-    def _pack(self, name: bytes, fields: _Fields, sized: _Sized, content: bytes) -> None:
+    def _pack(self, name: bytes, fields: Fields, sized: Sized, content: bytes) -> None:
         mode_ids, type_tail, adler = fields
         size_mtime, size_sum, packer = sized
         chksum = (zlib.adler32(name, adler) & 0xFFFF) + size_sum
-        high, low = _OCTAL3[chksum >> 9], _OCTAL3[chksum & 0o777]
+        high, low = OCTAL3[chksum >> 9], OCTAL3[chksum & 0o777]
         packer.pack_into(
             self._buf, self._pos, name, mode_ids, size_mtime, high, low, type_tail, content
         )
@@ -126,11 +126,11 @@ class _Chunker:
         """Write a directory's plain header in place if its name fits ustar and the block ends
         before the chunk boundary; False, having written nothing, otherwise."""
         headers = self._headers
-        fields = headers.dir_fields.get(st_mode) or headers.fast_fields(st_mode, _DIRTYPE)
+        fields = headers.dir_fields.get(st_mode) or headers.fast_fields(st_mode, DIRTYPE)
         sized = headers.sizes.get(0) or headers.size_fields(0)
-        if fields is None or sized is None or self._pos + _BLOCK >= self._size:
+        if fields is None or sized is None or self._pos + BLOCK >= self._size:
             return False
-        if not _plain_name(name):
+        if not plain_name(name):
             return False
         self._pack(name, fields, sized, b"")
         return True
@@ -143,17 +143,17 @@ class _Chunker:
         be read. Returns None when done, else the open file and its stat for the generic path.
         """
         dfd = level.fd
-        fd = os.open(entry.path if dfd is None else entry.name, _FILE_FLAGS, dir_fd=dfd)
+        fd = os.open(entry.path if dfd is None else entry.name, FILE_FLAGS, dir_fd=dfd)
         try:
             st = os.fstat(fd)
             mode, size = st.st_mode, st.st_size
             headers = self._headers
-            fields = headers.file_fields.get(mode) or headers.fast_fields(mode, _REGTYPE)
+            fields = headers.file_fields.get(mode) or headers.fast_fields(mode, REGTYPE)
             sized = headers.sizes.get(size) or headers.size_fields(size)
             name = entry.path[self._cut :] if self._cut else entry.path
             if fields is None or sized is None or self._pos + sized[2].size >= self._size:
                 return fd, st
-            if not (level.plain or _plain_name(name)):
+            if not (level.plain or plain_name(name)):
                 return fd, st
             content = os.read(fd, size + 1)  # one byte more than expected: detects growth
             if len(content) != size:
@@ -182,11 +182,11 @@ class _Chunker:
                 yield bytes(self._buf)
                 self._pos = 0
         self.total += size
-        yield from self.put(_ZEROS[: -size % _BLOCK])
+        yield from self.put(ZEROS[: -size % BLOCK])
 
     def finish(self) -> Iterator[bytes]:
         """Two zero blocks, then zeros up to a full record, as tarfile ends an archive."""
-        yield from self.put(_ZEROS[: 2 * _BLOCK + -(self.total + 2 * _BLOCK) % _RECORD])
+        yield from self.put(ZEROS[: 2 * BLOCK + -(self.total + 2 * BLOCK) % RECORD])
         if self._pos:
             yield bytes(self._view[: self._pos])
             self._pos = 0
@@ -236,7 +236,7 @@ def _image_error(exc: OSError) -> ImageError:
 
 
 def _decode(name: bytes) -> str:
-    return name.decode(_ENCODING, "surrogateescape")
+    return name.decode(ENCODING, "surrogateescape")
 
 
 _by_name = attrgetter("name")
@@ -252,8 +252,8 @@ def _open_dir(
     component for the kernel to resolve instead of the whole path.
     """
     dfd = None if parent is None else parent.fd
-    fd = os.open(name if dfd is not None else path, _DIR_FLAGS, dir_fd=dfd)
-    keep = depth < _MAX_OPEN_DIRS
+    fd = os.open(name if dfd is not None else path, DIR_FLAGS, dir_fd=dfd)
+    keep = depth < MAX_OPEN_DIRS
     try:
         st = os.fstat(fd)
         with os.scandir(path) as it:  # by path, so entries carry their full path as bytes
@@ -266,39 +266,39 @@ def _open_dir(
     return level, st
 
 
-def _dir_header(out: _Chunker, headers: _Headers, name: bytes, st: os.stat_result) -> bytes:
+def _dir_header(out: _Chunker, headers: Headers, name: bytes, st: os.stat_result) -> bytes:
     """The header of a directory the fast path could not take (b"" when it did)."""
     if out.add_dir(name, st.st_mode):
         return b""
-    return headers.entry(_decode(name), st.st_mode & 0o7777, _DIRTYPE, 0)
+    return headers.entry(_decode(name), st.st_mode & 0o7777, DIRTYPE, 0)
 
 
-def _other_header(headers: _Headers, path: bytes, name: bytes, st: os.stat_result) -> bytes:
+def _other_header(headers: Headers, path: bytes, name: bytes, st: os.stat_result) -> bytes:
     """The header of a symlink; anything else but a file or directory is an error."""
     mode = st.st_mode
     if stat.S_ISLNK(mode):
         link = _decode(os.readlink(path))
-        return headers.entry(_decode(name), mode & 0o7777, _SYMTYPE, 0, link)
+        return headers.entry(_decode(name), mode & 0o7777, SYMTYPE, 0, link)
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # not what the directory listing said
         raise _Changed("changed type while being archived")
     kind = _SPECIAL.get(stat.S_IFMT(mode), "socket or other special file")
     raise ImageError(f"{os.fsdecode(path)}: is a {kind}; a Nix store layer cannot contain one")
 
 
-def _file_chunks(out: _Chunker, headers: _Headers, opened: _Opened, name: bytes) -> Iterator[bytes]:
+def _file_chunks(out: _Chunker, headers: Headers, opened: _Opened, name: bytes) -> Iterator[bytes]:
     """A regular file the fast path did not take: a long name, or a chunk boundary inside."""
     fd, st = opened
     try:
         if not stat.S_ISREG(st.st_mode):  # not what the directory listing said
             raise _Changed("changed type while being archived")
         size = st.st_size  # hard links included: full content, every time
-        yield from out.put(headers.entry(_decode(name), st.st_mode & 0o7777, _REGTYPE, size))
+        yield from out.put(headers.entry(_decode(name), st.st_mode & 0o7777, REGTYPE, size))
         yield from out.put_file(fd, size)
     finally:
         os.close(fd)
 
 
-def _tree_chunks(out: _Chunker, headers: _Headers, root: bytes) -> Iterator[bytes]:
+def _tree_chunks(out: _Chunker, headers: Headers, root: bytes) -> Iterator[bytes]:
     """``root`` (a directory) and everything under it, pre-order with siblings sorted by name.
 
     That is exactly the order of sorting all paths by their tuple of components. An explicit
@@ -341,7 +341,7 @@ def _tree_chunks(out: _Chunker, headers: _Headers, root: bytes) -> Iterator[byte
                 os.close(level.fd)
 
 
-def _root_chunks(out: _Chunker, headers: _Headers, root: str) -> Iterator[bytes]:
+def _root_chunks(out: _Chunker, headers: Headers, root: str) -> Iterator[bytes]:
     path = os.fsencode(root)
     name = path[1:] if headers.relative else path
     st = os.lstat(path)
@@ -350,7 +350,7 @@ def _root_chunks(out: _Chunker, headers: _Headers, root: str) -> Iterator[bytes]
         return
     try:
         if stat.S_ISREG(st.st_mode):
-            fd = os.open(path, _FILE_FLAGS)
+            fd = os.open(path, FILE_FLAGS)
             try:
                 opened = fd, os.fstat(fd)
             except BaseException:
@@ -379,13 +379,13 @@ def _check_store_paths(paths: Sequence[str], store_dir: str) -> None:
         seen.add(path)
 
 
-def _store_dir_headers(store_dir: str, headers: _Headers) -> bytes:
+def _store_dir_headers(store_dir: str, headers: Headers) -> bytes:
     """Entries for the store dir's components (``/nix``, ``/nix/store``), dirs 0755."""
     parts = []
     prefix = ""
     for component in store_dir.strip("/").split("/"):
         prefix += "/" + component
-        parts.append(headers.entry(headers.name(prefix) + "/", 0o755, _DIRTYPE, 0))
+        parts.append(headers.entry(headers.name(prefix) + "/", 0o755, DIRTYPE, 0))
     return b"".join(parts)
 
 
@@ -403,11 +403,11 @@ def store_tar_chunks(
     _check_store_paths(paths, store_dir)
     if chunk_size < 1:
         raise UsageError(f"chunk size must be positive, got {chunk_size}")
-    return _store_chunks(list(paths), store_dir, _Headers(options), chunk_size)
+    return _store_chunks(list(paths), store_dir, Headers(options), chunk_size)
 
 
 def _store_chunks(
-    paths: list[str], store_dir: str, headers: _Headers, chunk_size: int
+    paths: list[str], store_dir: str, headers: Headers, chunk_size: int
 ) -> Iterator[bytes]:
     out = _Chunker(chunk_size, headers)
     try:
@@ -437,21 +437,21 @@ def _walk(root: str) -> Iterator[tuple[bytes, os.stat_result]]:
                     pending.append(entry.path)
 
 
-def _entry_size(headers: _Headers, path: bytes, st: os.stat_result) -> int:
+def _entry_size(headers: Headers, path: bytes, st: os.stat_result) -> int:
     """How many bytes one entry takes in :func:`store_tar_chunks`' stream."""
     mode = st.st_mode
     name = path[1:] if headers.relative else path
     if stat.S_ISREG(mode):
         size = st.st_size
-        if headers.plain and _plain_name(name) and size <= _USTAR_SIZE_MAX:
-            header = _BLOCK  # no PAX record: one ustar block, without building it
+        if headers.plain and plain_name(name) and size <= _USTAR_SIZE_MAX:
+            header = BLOCK  # no PAX record: one ustar block, without building it
         else:
-            header = len(headers.entry(_decode(name), mode & 0o7777, _REGTYPE, size))
-        return header + size + -size % _BLOCK
+            header = len(headers.entry(_decode(name), mode & 0o7777, REGTYPE, size))
+        return header + size + -size % BLOCK
     if stat.S_ISDIR(mode):
-        if headers.plain and _plain_name(name + b"/"):
-            return _BLOCK
-        return len(headers.entry(_decode(name) + "/", mode & 0o7777, _DIRTYPE, 0))
+        if headers.plain and plain_name(name + b"/"):
+            return BLOCK
+        return len(headers.entry(_decode(name) + "/", mode & 0o7777, DIRTYPE, 0))
     return len(_other_header(headers, path, name, st))
 
 
@@ -460,15 +460,15 @@ def store_tar_size(
 ) -> int:
     """The exact length of :func:`store_tar_chunks`' stream, from lstat/readlink only."""
     _check_store_paths(paths, store_dir)
-    headers = _Headers(options)
+    headers = Headers(options)
     total = len(_store_dir_headers(store_dir, headers))
     try:
         for root in paths:
             total += sum(_entry_size(headers, path, st) for path, st in _walk(root))
     except OSError as exc:
         raise _image_error(exc) from exc
-    total += 2 * _BLOCK
-    return total + -total % _RECORD
+    total += 2 * BLOCK
+    return total + -total % RECORD
 
 
 def entries_tar_chunks(
@@ -482,19 +482,19 @@ def entries_tar_chunks(
     for before, after in itertools.pairwise(ordered):
         if before.name == after.name:
             raise UsageError(f"tar entry listed twice: {after.name}")
-    return _entries_chunks(ordered, _Headers(options))
+    return _entries_chunks(ordered, Headers(options))
 
 
-def _entries_chunks(entries: list[TarEntry], headers: _Headers) -> Iterator[bytes]:
+def _entries_chunks(entries: list[TarEntry], headers: Headers) -> Iterator[bytes]:
     out = _Chunker(1 << 20, headers)
     for entry in entries:
         name = headers.name(entry.name)
         if entry.kind == "dir":
-            yield from out.put(headers.entry(name + "/", entry.mode, _DIRTYPE, 0))
+            yield from out.put(headers.entry(name + "/", entry.mode, DIRTYPE, 0))
         elif entry.kind == "symlink":
-            yield from out.put(headers.entry(name, 0o777, _SYMTYPE, 0, entry.target))
+            yield from out.put(headers.entry(name, 0o777, SYMTYPE, 0, entry.target))
         else:
             size = len(entry.data)
-            yield from out.put(headers.entry(name, entry.mode, _REGTYPE, size))
-            yield from out.put(entry.data + _ZEROS[: -size % _BLOCK])
+            yield from out.put(headers.entry(name, entry.mode, REGTYPE, size))
+            yield from out.put(entry.data + ZEROS[: -size % BLOCK])
     yield from out.finish()

@@ -492,7 +492,7 @@ def test_trees_deeper_than_the_open_fd_limit(
     expected = tarfile_reference([str(app)], str(store_dir))
     assert ours([str(app)], str(store_dir)) == expected
     # Below 2 levels, entries are opened by full path: at most 2 directory fds stay open.
-    monkeypatch.setattr(tarstream, "_MAX_OPEN_DIRS", 2)
+    monkeypatch.setattr(tarstream, "MAX_OPEN_DIRS", 2)
     before = _open_fds()
     peak = before
     real_fstat = os.fstat
