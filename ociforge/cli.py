@@ -48,6 +48,17 @@ from ociforge.progress import ProgressDisplay
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _options(options: Sequence[Callable[[F], F]]) -> Callable[[F], F]:
+    """One decorator applying click options in the order listed (as in ``--help``)."""
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
 _content_options = [
     click.option(
         "--devshell",
@@ -107,112 +118,99 @@ _content_options = [
 ]
 
 
-def _image_options(func: F) -> F:
-    """The options that decide an image's bytes, shared by ``build`` and ``push``."""
-    decorators = [
-        click.option(
-            "--closure-json",
-            type=click.Path(dir_okay=False),
-            help=(
-                "Read the closure from a saved `nix path-info --json -r` instead of running nix."
-            ),
-        ),
-        click.option(
-            "--format",
-            "image_format",
-            type=click.Choice(["oci", "docker"]),
-            default="oci",
-            show_default=True,
-            help="Manifest and media types.",
-        ),
-        click.option(
-            "--strategy",
-            type=click.Choice(STRATEGIES),
-            default="popularity",
-            show_default=True,
-            help="How store paths are grouped into layers.",
-        ),
-        click.option(
-            "--max-layers",
-            type=int,
-            default=100,
-            show_default=True,
-            help="Layer budget, counting the final customisation layer.",
-        ),
-        click.option(
-            "--compression",
-            type=click.Choice([c.value for c in Compression]),
-            default="gzip",
-            show_default=True,
-        ),
-        click.option(
-            "--compression-level",
-            type=int,
-            default=None,
-            help="gzip 1-9 (default 6), zstd 1-19 (default 3).",
-        ),
-        click.option(
-            "--entrypoint", help='JSON array (\'["/bin/sh","-c"]\') or a shell-split string.'
-        ),
-        click.option("--cmd", help="JSON array or a shell-split string."),
-        click.option("--env", "env", multiple=True, metavar="K=V", help="Repeatable."),
-        click.option("--workdir"),
-        click.option(
-            "--user",
-            help="Who runs the image: NAME or UID[:GID] (with essentials: also in /etc/passwd).",
-        ),
-        click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable."),
-        click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="Repeatable."),
-        click.option("--volume", multiple=True, metavar="PATH", help="Repeatable."),
-        click.option(
-            "--created",
-            default=EPOCH_PLUS_ONE,
-            show_default=True,
-            help="RFC 3339 time or 'now' (makes the config non-reproducible).",
-        ),
-        click.option("--arch", help="Override the architecture (default: from the closure)."),
-        click.option("--os", "os_name", help="Override the OS (default: linux)."),
-        click.option("--variant", help="Override the architecture variant."),
-        click.option(
-            "--mtime",
-            type=int,
-            default=1,
-            show_default=True,
-            help="Modification time of every file, seconds since the epoch.",
-        ),
-        click.option(
-            "--relative-names",
-            is_flag=True,
-            help="Write nix/store/... instead of /nix/store/... in layer tars.",
-        ),
-        click.option(
-            "--no-root-links",
-            is_flag=True,
-            help="Do not link the roots' top-level directories into /.",
-        ),
-        click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable."),
-        *_content_options,
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+# The options that decide an image's bytes, shared by ``build`` and ``push``.
+_IMAGE_OPTIONS = [
+    click.option(
+        "--closure-json",
+        type=click.Path(dir_okay=False),
+        help=("Read the closure from a saved `nix path-info --json -r` instead of running nix."),
+    ),
+    click.option(
+        "--format",
+        "image_format",
+        type=click.Choice(["oci", "docker"]),
+        default="oci",
+        show_default=True,
+        help="Manifest and media types.",
+    ),
+    click.option(
+        "--strategy",
+        type=click.Choice(STRATEGIES),
+        default="popularity",
+        show_default=True,
+        help="How store paths are grouped into layers.",
+    ),
+    click.option(
+        "--max-layers",
+        type=int,
+        default=100,
+        show_default=True,
+        help="Layer budget, counting the final customisation layer.",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice([c.value for c in Compression]),
+        default="gzip",
+        show_default=True,
+    ),
+    click.option(
+        "--compression-level",
+        type=int,
+        default=None,
+        help="gzip 1-9 (default 6), zstd 1-19 (default 3).",
+    ),
+    click.option("--entrypoint", help='JSON array (\'["/bin/sh","-c"]\') or a shell-split string.'),
+    click.option("--cmd", help="JSON array or a shell-split string."),
+    click.option("--env", "env", multiple=True, metavar="K=V", help="Repeatable."),
+    click.option("--workdir"),
+    click.option(
+        "--user",
+        help="Who runs the image: NAME or UID[:GID] (with essentials: also in /etc/passwd).",
+    ),
+    click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable."),
+    click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="Repeatable."),
+    click.option("--volume", multiple=True, metavar="PATH", help="Repeatable."),
+    click.option(
+        "--created",
+        default=EPOCH_PLUS_ONE,
+        show_default=True,
+        help="RFC 3339 time or 'now' (makes the config non-reproducible).",
+    ),
+    click.option("--arch", help="Override the architecture (default: from the closure)."),
+    click.option("--os", "os_name", help="Override the OS (default: linux)."),
+    click.option("--variant", help="Override the architecture variant."),
+    click.option(
+        "--mtime",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Modification time of every file, seconds since the epoch.",
+    ),
+    click.option(
+        "--relative-names",
+        is_flag=True,
+        help="Write nix/store/... instead of /nix/store/... in layer tars.",
+    ),
+    click.option(
+        "--no-root-links",
+        is_flag=True,
+        help="Do not link the roots' top-level directories into /.",
+    ),
+    click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable."),
+    *_content_options,
+]
 
 
-def _common(func: F) -> F:
-    for decorator in reversed(
-        [
-            click.option(
-                "--progress/--no-progress",
-                default=None,
-                help="Progress bars on stderr (default: only on a terminal).",
-            ),
-            click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
-            click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
-            click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr."),
-        ]
-    ):
-        func = decorator(func)
-    return func
+_COMMON_OPTIONS = [
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bars on stderr (default: only on a terminal).",
+    ),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
+    click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr."),
+]
 
 
 def _argv(value: str | None, option: str) -> tuple[str, ...] | None:
@@ -318,8 +316,8 @@ def main() -> None:
 
 @main.command("build")
 @click.argument("args", nargs=-1, required=True, metavar="[INSTALLABLE] TARGET")
-@_image_options
-@_common
+@_options(_IMAGE_OPTIONS)
+@_options(_COMMON_OPTIONS)
 def build_command(args: tuple[str, ...], **kw: Any) -> None:
     """Build INSTALLABLE's image into TARGET.
 
@@ -438,68 +436,59 @@ def _given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _registry_flags(func: F) -> F:
-    for decorator in reversed(
-        [
-            click.option("--username", help="Registry user (with --password-stdin)."),
-            click.option(
-                "--password-stdin", is_flag=True, help="Read the password or token from stdin."
-            ),
-            click.option(
-                "--insecure",
-                is_flag=True,
-                help="Plain HTTP (default only for localhost/127.0.0.1).",
-            ),
-            click.option(
-                "--ca-file",
-                type=click.Path(dir_okay=False),
-                help="Extra CA bundle to verify the registry's TLS certificate.",
-            ),
-            click.option(
-                "--jobs", type=int, default=4, show_default=True, help="Blobs uploaded at once."
-            ),
-            click.option(
-                "--chunk-size",
-                help="Upload in PATCH chunks of this size (e.g. 10MB) for "
-                "registries or proxies that cap request size.",
-            ),
-            click.option(
-                "--mount-from",
-                metavar="REPO",
-                help="Mount blobs from this repository of the same registry when possible.",
-            ),
-            click.option(
-                "--cache-dir",
-                type=click.Path(file_okay=False),
-                help="Local layer cache (default: $OCIFORGE_CACHE_DIR or ~/.cache/ociforge).",
-            ),
-            click.option(
-                "--no-cache",
-                is_flag=True,
-                help="Do not use the local layer cache (the registry's manifests still count).",
-            ),
-            click.option(
-                "--cache-from",
-                multiple=True,
-                metavar="REF",
-                help="Reuse unchanged layers of this image (same registry). Repeatable.",
-            ),
-            click.option(
-                "--dry-run",
-                is_flag=True,
-                help="Show per layer: reused / mounted / to upload, and upload nothing.",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
+_REGISTRY_OPTIONS = [
+    click.option("--username", help="Registry user (with --password-stdin)."),
+    click.option("--password-stdin", is_flag=True, help="Read the password or token from stdin."),
+    click.option(
+        "--insecure",
+        is_flag=True,
+        help="Plain HTTP (default only for localhost/127.0.0.1).",
+    ),
+    click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False),
+        help="Extra CA bundle to verify the registry's TLS certificate.",
+    ),
+    click.option("--jobs", type=int, default=4, show_default=True, help="Blobs uploaded at once."),
+    click.option(
+        "--chunk-size",
+        help="Upload in PATCH chunks of this size (e.g. 10MB) for "
+        "registries or proxies that cap request size.",
+    ),
+    click.option(
+        "--mount-from",
+        metavar="REPO",
+        help="Mount blobs from this repository of the same registry when possible.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Local layer cache (default: $OCIFORGE_CACHE_DIR or ~/.cache/ociforge).",
+    ),
+    click.option(
+        "--no-cache",
+        is_flag=True,
+        help="Do not use the local layer cache (the registry's manifests still count).",
+    ),
+    click.option(
+        "--cache-from",
+        multiple=True,
+        metavar="REF",
+        help="Reuse unchanged layers of this image (same registry). Repeatable.",
+    ),
+    click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Show per layer: reused / mounted / to upload, and upload nothing.",
+    ),
+]
 
 
 @main.command("push")
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE DEST [DEST...]")
-@_image_options
-@_registry_flags
-@_common
+@_options(_IMAGE_OPTIONS)
+@_options(_REGISTRY_OPTIONS)
+@_options(_COMMON_OPTIONS)
 def push_command(args: tuple[str, ...], **kw: Any) -> None:
     """Build SOURCE's image while pushing it to DEST (host/repo:tag), one or more tags.
 

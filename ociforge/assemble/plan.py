@@ -179,50 +179,51 @@ def plan_image(
         entrypoint_hook=options.entrypoint_hook,
         link_roots=options.link_roots,
     )
+    runtime = _runtime(options.runtime, custom.env, custom.user, custom.entrypoint)
+    return ImagePlan(
+        closure,
+        _planned_layers(closure, custom.entries, options),
+        options,
+        host_system,
+        runtime,
+        custom.default_path,
+        custom.warnings,
+        _annotations(options, environ or {}),
+    )
+
+
+def _planned_layers(
+    closure: Closure, custom: Sequence[TarEntry], options: ImageOptions
+) -> tuple[PlannedLayer, ...]:
+    """The store layers as the strategy groups them, then the customisation layer."""
     plans = plan_layers(
         closure.graph,
         strategy=options.strategy,
         max_layers=options.max_layers,
         sizes={p: i.nar_size for p, i in closure.paths.items()},
     )
-    media = layer_media_type(options.format, options.compression.algorithm.value)
+    tar, compression = options.tar, options.compression
     recipes: list[tuple[LayerRecipe, str]] = [
-        (
-            StoreLayer(
-                paths=plan.paths,
-                store_dir=closure.store_dir,
-                tar_options=options.tar,
-                compression=options.compression,
-            ),
-            _comment(plan.paths),
-        )
+        (StoreLayer(plan.paths, closure.store_dir, tar, compression), _comment(plan.paths))
         for plan in plans
     ]
-    if custom.entries:
-        recipe = EntriesLayer(
-            entries=custom.entries, tar_options=options.tar, compression=options.compression
-        )
-        recipes.append((recipe, "customisation: " + _describe(custom.entries)))
+    if custom:
+        recipe = EntriesLayer(entries=custom, tar_options=tar, compression=compression)
+        recipes.append((recipe, "customisation: " + _describe(custom)))
+    media = layer_media_type(options.format, compression.algorithm.value)
     nar_hashes = {p: info.nar_hash for p, info in closure.paths.items()}
-    layers = [
+    return tuple(
         PlannedLayer(recipe, comment, media, layer_key(recipe, nar_hashes, media))
         for recipe, comment in recipes
-    ]
-    runtime = _runtime(options.runtime, custom.env, custom.user, custom.entrypoint)
-    automatic = ci_annotations(environ or {}) if options.ci_annotations else {}
-    annotations = (
-        merge_annotations(automatic, options.annotations) if options.format == "oci" else {}
     )
-    return ImagePlan(
-        closure,
-        tuple(layers),
-        options,
-        host_system,
-        runtime,
-        custom.default_path,
-        custom.warnings,
-        annotations,
-    )
+
+
+def _annotations(options: ImageOptions, environ: Mapping[str, str]) -> dict[str, str]:
+    """The user's over GitLab CI's; none for Docker (ImageOptions refuses explicit ones)."""
+    if options.format != "oci":
+        return {}
+    automatic = ci_annotations(environ) if options.ci_annotations else {}
+    return merge_annotations(automatic, options.annotations)
 
 
 def _runtime(

@@ -239,29 +239,7 @@ class PushSession:
         """Upload what the registry lacks; return each layer's outcome and digests, in order.
         Known layers whose blob is ``present`` in ``repo`` are not even checked."""
         streams: dict[str, LayerStream] = {}
-        lock = threading.Lock()
-        # Streams compressing at once share the cores (the bytes do not depend on the count):
-        # more threads than cores only adds buffers, i.e. memory, and GIL hand-offs.
-        streamed = sum(1 for layer in plan.layers if layer.key not in known)
-        threads = max(1, cpu_count() // max(1, min(self.options.jobs, streamed)))
-        there: dict[int, BlobResult] = {}
-        jobs: list[BlobJob] = []
-        for i, layer in enumerate(plan.layers):
-            key, hit = f"layer {i + 1}/{len(plan.layers)}", known.get(layer.key)
-            if hit is not None and hit.digest in present:
-                there[i] = BlobResult(key, hit.digest, hit.size, "skipped")
-                continue
-            opener = functools.partial(layer.recipe.open, threads=threads)
-            jobs.append(
-                BlobJob(
-                    key=key,
-                    open_stream=_remembering(opener, streams, layer.key, lock),
-                    expected=hit.digest if hit else None,
-                    mount_from=self.options.mount_source(repo) if hit else None,
-                    size=hit.size if hit else None,
-                    description=layer.comment,
-                )
-            )
+        there, jobs = self._layer_jobs(plan, repo, known, present, streams)
         try:
             uploaded = iter(self._upload(repo, jobs))
             results = [there[i] if i in there else next(uploaded) for i in range(len(plan.layers))]
@@ -285,6 +263,41 @@ class PushSession:
             for key, stream in streams.items():
                 self.cache.put(key, stream.result)
         return results, facts
+
+    def _layer_jobs(
+        self,
+        plan: ImagePlan,
+        repo: str,
+        known: Mapping[str, LayerDigests],
+        present: frozenset[Digest],
+        streams: dict[str, LayerStream],
+    ) -> tuple[dict[int, BlobResult], list[BlobJob]]:
+        """Layers there already (known, and referenced by the tags), and a job for each other
+        one; a job's streams are kept in ``streams`` (the last one of a layer has its digests)."""
+        lock = threading.Lock()
+        # Streams compressing at once share the cores (the bytes do not depend on the count):
+        # more threads than cores only adds buffers, i.e. memory, and GIL hand-offs.
+        streamed = sum(1 for layer in plan.layers if layer.key not in known)
+        threads = max(1, cpu_count() // max(1, min(self.options.jobs, streamed)))
+        there: dict[int, BlobResult] = {}
+        jobs: list[BlobJob] = []
+        for i, layer in enumerate(plan.layers):
+            key, hit = f"layer {i + 1}/{len(plan.layers)}", known.get(layer.key)
+            if hit is not None and hit.digest in present:
+                there[i] = BlobResult(key, hit.digest, hit.size, "skipped")
+                continue
+            opener = functools.partial(layer.recipe.open, threads=threads)
+            jobs.append(
+                BlobJob(
+                    key=key,
+                    open_stream=_remembering(opener, streams, layer.key, lock),
+                    expected=hit.digest if hit else None,
+                    mount_from=self.options.mount_source(repo) if hit else None,
+                    size=hit.size if hit else None,
+                    description=layer.comment,
+                )
+            )
+        return there, jobs
 
     # -- an image built before ---------------------------------------------------------------
 
