@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Generic, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from tests.support.loopbackapp import LoopbackApp
@@ -77,11 +77,16 @@ class InvalidToken:
 FaultAction = Respond | ResetConnection | Delay | InvalidToken
 
 
+A = TypeVar("A", covariant=True)  # a Fault[Respond] is a Fault[FaultAction]
+
+
 @dataclass(frozen=True)
-class Fault:
+class Fault(Generic[A]):
+    """A scripted fault for the proxy, and (with its own actions) the in-process transport."""
+
     method: str  # "*" matches any method
     path: str  # regular expression searched in the request path (without the query)
-    action: FaultAction
+    action: A
     nth: int = 1  # first matching request (1-based) that gets the fault
     times: int = 1  # number of consecutive matching requests that get it
 
@@ -124,7 +129,7 @@ def html_page(status: int, *, drain_body: bool = True) -> Respond:
 
 @dataclass
 class _Armed:
-    fault: Fault
+    fault: Fault[FaultAction]
     seen: int = 0
 
 
@@ -147,7 +152,7 @@ class FaultProxy(LoopbackApp):
         self.location_mode: LocationMode = location_mode
         self._state = _State()
 
-    def add_fault(self, *faults: Fault) -> None:
+    def add_fault(self, *faults: Fault[FaultAction]) -> None:
         with self._lock:
             self._state.faults.extend(_Armed(f) for f in faults)
 

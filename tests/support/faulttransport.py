@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from tests.support.fakeregistry import FakeRegistry
-from tests.support.faultproxy import Delay, Respond, html_page, registry_error, too_many_requests
+from tests.support.faultproxy import (
+    Delay,
+    Fault,
+    Respond,
+    html_page,
+    registry_error,
+    too_many_requests,
+)
 
 __all__ = [
     "Alter",
@@ -85,19 +92,6 @@ FaultAction = Respond | Delay | ResetMidBody | ExpireToken | Alter
 
 
 @dataclass(frozen=True)
-class Fault:
-    method: str  # "*" matches any method
-    path: str  # regular expression searched in the request path (without the query)
-    action: FaultAction
-    nth: int = 1  # first matching request (1-based) that gets the fault
-    times: int = 1  # number of consecutive matching requests that get it
-
-    def matches(self, request: httpx.Request) -> bool:
-        method_ok = self.method in ("*", request.method)
-        return method_ok and re.search(self.path, request.url.path) is not None
-
-
-@dataclass(frozen=True)
 class Exchange:
     """One request as the transport saw it, and what it answered (``status`` None: reset)."""
 
@@ -122,7 +116,7 @@ class Exchange:
 
 @dataclass
 class _Armed:
-    fault: Fault
+    fault: Fault[FaultAction]
     seen: int = 0
 
 
@@ -131,7 +125,7 @@ class FaultTransport(httpx.BaseTransport):
     """Wraps ``handler``; thread-safe, as a push sends from several threads at once."""
 
     handler: Handler
-    faults: list[Fault] = field(default_factory=list)
+    faults: list[Fault[FaultAction]] = field(default_factory=list)
     revoke_token: Callable[[str], None] | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     _armed: list[_Armed] = field(default_factory=list)
@@ -141,7 +135,7 @@ class FaultTransport(httpx.BaseTransport):
     def __post_init__(self) -> None:
         self._armed = [_Armed(f) for f in self.faults]
 
-    def add(self, *faults: Fault) -> None:
+    def add(self, *faults: Fault[FaultAction]) -> None:
         with self._lock:
             self.faults.extend(faults)
             self._armed.extend(_Armed(f) for f in faults)
@@ -183,7 +177,7 @@ class FaultTransport(httpx.BaseTransport):
         chosen: FaultAction | None = None
         with self._lock:
             for armed in self._armed:
-                if not armed.fault.matches(request):
+                if not armed.fault.matches(request.method, request.url.path):
                     continue
                 armed.seen += 1
                 fault = armed.fault
@@ -237,7 +231,7 @@ class FaultTransport(httpx.BaseTransport):
             self.exchanges.append(exchange)
 
 
-def around(fake: FakeRegistry, *faults: Fault) -> FaultTransport:
+def around(fake: FakeRegistry, *faults: Fault[FaultAction]) -> FaultTransport:
     """A FaultTransport in front of ``fake``, whose token revocation ``ExpireToken`` uses."""
     return FaultTransport(fake.handle, list(faults), revoke_token=fake.revoked.add)
 
