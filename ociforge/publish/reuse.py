@@ -29,16 +29,19 @@ def known_layers(
     client: RegistryClient,
     manifests: Iterable[tuple[str, bytes, str]],
     scopes: Sequence[str],
+    *,
+    learned: Mapping[str, LayerDigests] | None = None,
 ) -> dict[str, LayerDigests]:
-    """key -> LayerDigests for every planned layer that the cache or a manifest knows.
+    """key -> LayerDigests for every planned layer that this session ``learned`` (streamed
+    itself), the cache or a manifest knows.
 
     ``manifests`` are (repository, bytes, media type) of images pushed before, consumed lazily:
     neither they nor their configs are fetched once every planned key is known.
     """
     wanted = {layer.key for layer in plan.layers}
-    known: dict[str, LayerDigests] = {}
+    known = {key: (learned or {})[key] for key in wanted & (learned or {}).keys()}
     if cache is not None:
-        for key in wanted:
+        for key in wanted - known.keys():
             hit = cache.get(key)
             if hit is not None:
                 known[key] = hit

@@ -78,6 +78,8 @@ class PushSession:
         self.options = options or RegistryOptions()
         self.on_event = on_event
         self.cache = LayerCache(self.options.cache_dir) if self.options.cache_dir else None
+        # Layers this session streamed itself: the next image of a batch knows them.
+        self._learned: dict[str, LayerDigests] = {}
         self._client: RegistryClient | None = None
 
     @property
@@ -183,7 +185,8 @@ class PushSession:
             client = self.client
         made, current = tags_while_planning(planning, client, refs, scopes)
         sources = self._sources(current, scopes)
-        return made, current, known_layers(made, self.cache, client, sources, scopes)
+        known = known_layers(made, self.cache, client, sources, scopes, learned=self._learned)
+        return made, current, known
 
     def _sources(self, current: Tags, scopes: Sequence[str]) -> Iterator[tuple[str, bytes, str]]:
         """Manifests to learn layers from: the destinations' current ones, then --cache-from."""
@@ -259,8 +262,9 @@ class PushSession:
             streams[layer.key].result if layer.key in streams else known[layer.key]
             for layer in plan.layers
         ]
-        if self.cache is not None:
-            for key, stream in streams.items():
+        for key, stream in streams.items():
+            self._learned[key] = stream.result
+            if self.cache is not None:
                 self.cache.put(key, stream.result)
         return results, facts
 

@@ -486,3 +486,36 @@ def test_a_blob_failing_for_good_cancels_the_others_and_tags_nothing(
     assert {e.path for e in held} <= deleted  # and their sessions were dropped
     assert not transport.calls("PUT", UPLOADS)
     world.assert_untouched()
+
+
+# -- one session, many images ----------------------------------------------------------------
+
+
+def test_one_session_pushes_several_images_with_one_token(images: Images) -> None:
+    """What a batch needs: the second image reuses the session's client, its token and what the
+    first push uploaded (shared layers are not sent again)."""
+    from ociforge.assemble import plan_image  # noqa: PLC0415  (a plan, as push-all will make)
+    from ociforge.reference import parse_reference  # noqa: PLC0415
+
+    fake = FakeRegistry(auth="bearer")
+    transport = around(fake)
+    options = ociforge.RegistryOptions(
+        credentials=CREDS, transport=transport, cache_dir=None, env={}, home=images.home
+    )
+    other = f"registry.test/{REPO}:previous"
+    with ociforge.PushSession("registry.test", options) as session:
+        first = session.push(
+            plan_image(images.new, ociforge.ImageOptions(), host_system="x86_64-linux"),
+            [parse_reference(TAG)],
+        )
+        before = len(transport.exchanges)
+        second = session.push(
+            plan_image(images.previous, ociforge.ImageOptions(), host_system="x86_64-linux"),
+            [parse_reference(other)],
+        )
+    assert first.manifest_digest == images.honest_digest
+    tokens = [e for e in transport.exchanges[before:] if "/token" in e.url.path]
+    assert tokens == [], "the second push asked for a token again"
+    # The three libraries' layers went up once; the second image sent only what differs.
+    outcomes = [b.outcome for b in second.blobs]
+    assert outcomes.count("uploaded") == 2 and outcomes.count("skipped") == 3, outcomes
