@@ -494,8 +494,8 @@ def test_a_blob_failing_for_good_cancels_the_others_and_tags_nothing(
 def test_one_session_pushes_several_images_with_one_token(images: Images) -> None:
     """What a batch needs: the second image reuses the session's client, its token and what the
     first push uploaded (shared layers are not sent again)."""
-    from ociforge.assemble import plan_image  # noqa: PLC0415  (a plan, as push-all will make)
-    from ociforge.reference import parse_reference  # noqa: PLC0415
+    from ociforge.assemble import plan_image
+    from ociforge.reference import parse_reference
 
     fake = FakeRegistry(auth="bearer")
     transport = around(fake)
