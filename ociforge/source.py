@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ociforge.errors import UsageError
 from ociforge.nix import Closure, closure_from_json_file, read_closure
-from ociforge.nix.closure import merge_closures
+from ociforge.nix.closure import check_in_store, configured_store_dir, merge_closures
 from ociforge.spec import TAG_RE
 
 if TYPE_CHECKING:  # nixdb imports sqlite3 (only --with-nix pays for it), devenv is shells only
@@ -153,5 +153,8 @@ def _closure(spec: SourceSpec) -> Closure:
         return spec.closure
     if spec.closure_json is not None:
         roots = [spec.installable] if spec.installable else None
-        return closure_from_json_file(spec.closure_json, roots=roots)
+        store = configured_store_dir()
+        closure = closure_from_json_file(spec.closure_json, roots=roots, store_dir=store)
+        check_in_store(closure, store, source=spec.closure_json)
+        return closure
     return read_closure(str(spec.installable), nix=spec.nix)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ociforge.errors import UsageError
+
+# <32 nix-base32 chars>-<name>, as Nix itself accepts store path names.
+_STORE_NAME = re.compile(r"[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+")
+
+
+def configured_store_dir(environ: Mapping[str, str] | None = None) -> str:
+    """This machine's Nix store: ``$NIX_STORE_DIR`` as nix reads it, else ``/nix/store``."""
+    env = os.environ if environ is None else environ
+    return (env.get("NIX_STORE_DIR") or "/nix/store").rstrip("/") or "/"
 
 
 @dataclass(frozen=True)
@@ -68,3 +79,25 @@ def merge_closures(closures: Sequence[Closure]) -> Closure:
     roots = tuple(dict.fromkeys(r for c in closures for r in c.roots))
     system = next((c.system for c in closures if c.system), None)
     return Closure(roots=roots, paths=paths, system=system, store_dir=closures[0].store_dir)
+
+
+def check_in_store(closure: Closure, store_dir: str, *, source: str) -> None:
+    """UsageError naming the first path of ``closure`` that is not a store path present in
+    ``store_dir``. For closures read from files: a path-info JSON must never make ociforge pack
+    files from outside the store (``"storeDir": "/etc"`` would otherwise archive /etc/shadow)."""
+    if closure.store_dir != store_dir:
+        raise UsageError(
+            f"{source} describes the store {closure.store_dir}, but this machine's store is "
+            f"{store_dir}: save the path-info where the store is {store_dir}"
+        )
+    for path in closure.paths:
+        parent, _, base = path.rpartition("/")
+        if parent != store_dir or not _STORE_NAME.fullmatch(base):
+            raise UsageError(f"{source}: {path!r} is not a store path of {store_dir}")
+        try:
+            os.lstat(path)  # the path itself; what it holds is read without following links
+        except OSError:
+            raise UsageError(
+                f"{source}: {path} is not in this machine's store: build or fetch it first "
+                f"(nix-store --realise {path})"
+            ) from None

@@ -260,8 +260,8 @@ def closure_from_json_file(
     try:
         doc = load_path_info(data, store_dir=store_dir)
         return closure_from_path_info(doc.infos, roots, system, store_dir=doc.store_dir)
-    except NixError as e:
-        raise NixError(f"{path}: {e}") from None
+    except NixError as e:  # the file is the user's input: a bad one is a usage error
+        raise UsageError(f"{path}: {e}") from None
 
 
 def classify_installable(installable: str, store_dir: str = DEFAULT_STORE_DIR) -> tuple[str, str]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,44 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(
     assert needle in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def _path_info(closure: BuiltClosure) -> list[dict[str, object]]:
+    done = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command", "path-info", "--json",
+         "--recursive", closure["busybox"]],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    entries: list[dict[str, object]] = json.loads(done.stdout)
+    return entries
+
+
+def _plain(entry: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in entry.items() if k not in ("path", "deriver")}
+
+
+@pytest.mark.parametrize(
+    ("forge", "needle"),
+    [
+        # The file names another store: its paths would be host files (/etc/shadow...).
+        (lambda doc: {"version": 2, "storeDir": "/etc", "info": {
+            "shadow": {**_plain(doc[0]), "references": []}}}, "/etc"),
+        # A "store path" that climbs out of the store.
+        (lambda doc: [{**doc[0], "path": "/nix/store/../../etc", "references": []}], "etc"),
+        # A well-formed name that this store does not hold.
+        (lambda doc: [{**doc[0], "path": "/nix/store/" + "0" * 32 + "-gone", "references": []}],
+         "not in this machine's store"),
+    ],
+    ids=["other storeDir", "dot-dot", "absent"],
+)  # fmt: skip
+def test_a_closure_json_never_reaches_outside_the_store(
+    closure: BuiltClosure, tmp_path: Path, forge: Any, needle: str
+) -> None:
+    """Untrusted input: nothing is written and the one-line error names the offending path."""
+    saved = tmp_path / "forged.json"
+    saved.write_text(json.dumps(forge(_path_info(closure))))
+    proc = ociforge("build", "--closure-json", str(saved), f"oci:{tmp_path}/out:t")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

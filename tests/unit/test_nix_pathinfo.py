@@ -326,7 +326,7 @@ def test_closure_from_json_file_errors_name_the_file(tmp_path: Path) -> None:
         closure_from_json_file(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{", encoding="utf-8")
-    with pytest.raises(NixError, match=f"{bad}: path-info output is not valid JSON"):
+    with pytest.raises(UsageError, match=f"{bad}: path-info output is not valid JSON"):
         closure_from_json_file(bad)
 
 
