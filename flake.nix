@@ -7,8 +7,8 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      pythonDeps = ps: with ps; [ httpx click tqdm zstandard ];
-      testDeps = ps: with ps; [ pytest pytest-timeout mypy cryptography ];
+      pythonDeps = ps: with ps; [ httpx click tqdm zstandard cryptography ];
+      testDeps = ps: with ps; [ pytest pytest-timeout mypy ];
     in
     {
       packages = forAllSystems (pkgs: rec {

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from ociforge.api import (
         BuildResult,
         build,
+        generate_key,
         host_system,
         load_closure,
         load_source,
+        load_trust,
         preview,
         push,
     )
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from ociforge.registry import Credentials
     from ociforge.source import ImageSource, SourceSpec, parse_source
     from ociforge.tarstream import TarOptions
+    from ociforge.trust import TrustKeys
 
 _EXPORTS: dict[str, str] = {
     "AuthError": "ociforge.errors",
@@ -100,6 +103,9 @@ _EXPORTS: dict[str, str] = {
     "TarOptions": "ociforge.tarstream",
     "UsageError": "ociforge.errors",
     "build": "ociforge.api",
+    "generate_key": "ociforge.api",
+    "load_trust": "ociforge.api",
+    "TrustKeys": "ociforge.trust",
     "ci_annotations": "ociforge.assemble.annotations",
     "host_system": "ociforge.api",
     "load_closure": "ociforge.api",
@@ -149,12 +155,15 @@ __all__ = [
     "SourceSpec",
     "StorePathInfo",
     "TarOptions",
+    "TrustKeys",
     "UsageError",
     "build",
     "ci_annotations",
+    "generate_key",
     "host_system",
     "load_closure",
     "load_source",
+    "load_trust",
     "parse_reference",
     "parse_source",
     "plan_layers",

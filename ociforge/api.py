@@ -12,6 +12,7 @@ else of ociforge but its errors and its progress display.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from ociforge.sinks import (
 from ociforge.source import ImageSource, SourceSpec, parse_source
 from ociforge.source import load_source as _load_spec
 from ociforge.tarstream import TarOptions
+from ociforge.trust import TrustKeys, generate_key, trust_from_environment
 
 __all__ = [
     "EPOCH_PLUS_ONE",
@@ -57,9 +59,11 @@ __all__ = [
     "TarOptions",
     "build",
     "check_created",
+    "generate_key",
     "host_system",
     "load_closure",
     "load_source",
+    "load_trust",
     "parse_annotation_items",
     "parse_env_items",
     "parse_reference",
@@ -221,6 +225,16 @@ def preview(
     opts = options or ImageOptions()
     with PushSession(refs[0].registry, reg, on_event) as session:
         return session.preview(lambda: plan_source(spec, opts, on_event=on_event), refs)
+
+
+def load_trust(
+    signing_key_file: str | None = None, trusted_key_files: Sequence[str] = ()
+) -> TrustKeys:
+    """The signing key and trusted keys: from these files, else as ``OCIFORGE_SIGNING_KEY`` and
+    ``OCIFORGE_TRUSTED_KEYS`` in this process's environment say (see ``ociforge.trust``)."""
+    return trust_from_environment(
+        os.environ, signing_key_file=signing_key_file, trusted_key_files=trusted_key_files
+    )
 
 
 def _destinations(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from ociforge.api import (
     TarOptions,
     build,
     check_created,
+    generate_key,
+    load_trust,
     parse_annotation_items,
     parse_env_items,
     parse_reference,
@@ -114,6 +117,21 @@ _content_options = [
             "Manifest annotation (OCI only); K= drops an automatic one. In GitLab CI, source, "
             "revision and created come from CI_PROJECT_URL, CI_COMMIT_SHA, CI_COMMIT_TIMESTAMP."
         ),
+    ),
+    click.option(
+        "--signing-key",
+        type=click.Path(dir_okay=False),
+        help=(
+            "Sign the manifest's layer-key table (default: $OCIFORGE_SIGNING_KEY), so later "
+            "pushes may reuse its layers without reading them. Make one: ociforge keygen."
+        ),
+    ),
+    click.option(
+        "--trusted-key",
+        "trusted_keys",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="Also trust layer keys signed by this public key (--cache-from). Repeatable.",
     ),
 ]
 
@@ -267,6 +285,7 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         essentials=_essentials(kw),
         entrypoint_hook=kw["entrypoint_hook"],
         annotations=parse_annotation_items(kw["annotations"]),
+        trust=load_trust(kw["signing_key"], kw["trusted_keys"]),
     )
 
 
@@ -592,3 +611,39 @@ def _report_push(result: PushResult, as_json: bool) -> None:
         click.echo("ociforge: up to date: every tag already holds this image", err=True)
     for ref in result.references:
         click.echo(f"{ref}@{result.manifest_digest}")
+
+
+@main.command("keygen")
+@click.argument("prefix", default="ociforge-key", metavar="[PREFIX]")
+def keygen_command(prefix: str) -> None:
+    """Make a signing key pair: PREFIX (private, one line) and PREFIX.pub (public, PEM).
+
+    Store the private key as a masked, protected CI/CD variable OCIFORGE_SIGNING_KEY; other
+    projects trust your layers with --trusted-key PREFIX.pub (or OCIFORGE_TRUSTED_KEYS).
+    """
+
+    def action() -> None:
+        private, public = generate_key()
+        _write_new(prefix, private + "\n", 0o600)
+        _write_new(prefix + ".pub", public, 0o644)
+        click.echo(f"wrote {prefix} (private) and {prefix}.pub (public)", err=True)
+        click.echo(
+            "in GitLab: Settings > CI/CD > Variables: add OCIFORGE_SIGNING_KEY with the one line "
+            f"of {prefix}, Masked and Protected; then delete {prefix}",
+            err=True,
+        )
+
+    _run(False, action)
+
+
+def _write_new(path: str, text: str, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise UsageError(
+            f"{path} exists: keys are never overwritten, pick another PREFIX"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(text)

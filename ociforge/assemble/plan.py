@@ -45,6 +45,7 @@ from ociforge.spec import (
     manifest_media_type,
 )
 from ociforge.tarstream import TarEntry, TarOptions
+from ociforge.trust import TrustKeys, trust_from_environment
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class ImageOptions:
     # OCI manifests also get source, revision and created from GitLab CI's variables, when the
     # environment given to plan_image (the process's, for build() and push()) has them.
     ci_annotations: bool = True
+    # Who signs the manifest's layer-key table and whose tables are trusted (ociforge.trust);
+    # None: as OCIFORGE_SIGNING_KEY / OCIFORGE_TRUSTED_KEYS say in plan_source's environment.
+    trust: TrustKeys | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked here, for API callers too, before nix builds anything.
@@ -152,8 +156,10 @@ def plan_source(
     is reported as warning messages. ``environ``: for the CI annotations (default: this
     process's)."""
     with_nix = options.essentials is not None and options.essentials.with_nix
-    loaded = load_source(spec, with_nix=with_nix)
     env = os.environ if environ is None else environ
+    if options.trust is None:  # a bad key fails here, before nix builds anything
+        options = dataclasses.replace(options, trust=trust_from_environment(env))
+    loaded = load_source(spec, with_nix=with_nix)
     plan = plan_image(loaded, options, host_system=host_system(), environ=env)
     for warning in plan.warnings:
         on_event(Message(f"warning: {warning}"))
@@ -276,6 +282,19 @@ def _layer_annotations(plan: ImagePlan, layer: PlannedLayer) -> dict[str, str]:
     return {KEY_ANNOTATION: layer.key} if plan.options.format == "oci" else {}
 
 
+def _signature(plan: ImagePlan, results: Sequence[LayerDigests]) -> dict[str, str]:
+    """The signed layer-key table, when the user has a signing key (OCI only)."""
+    trust = plan.options.trust
+    if trust is None or plan.options.format != "oci":
+        return {}
+    return trust.sign(
+        [
+            (layer.key, r.digest, r.diff_id, r.size)
+            for layer, r in zip(plan.layers, results, strict=True)
+        ]
+    )
+
+
 def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
     # Plain JSON documents (image/documents.py): cheap enough that a warm push serialises the
     # manifest it would push to compare it with the tag's (the bytes are pinned by a test).
@@ -303,7 +322,7 @@ def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
         manifest_media_type(opts.format),
         Descriptor.of(config_bytes, cfg_type),
         layers,
-        plan.annotations,  # none for Docker
+        {**plan.annotations, **_signature(plan, results)},  # none for Docker
     )
     return BuiltImage(
         config=config_bytes,

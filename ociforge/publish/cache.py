@@ -10,6 +10,7 @@ are ignored and logged, never trusted. The registry is the other source of such 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
 from ociforge.errors import OciforgeError
+from ociforge.trust import entry_mac
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +36,23 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 class LayerCache:
-    """key -> :class:`LayerDigests`, one JSON file per key; missing or bad entries read as None."""
+    """key -> :class:`LayerDigests`, one JSON file per key; missing or bad entries read as None.
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory) / "layers-v1"
+    Every entry carries an HMAC under ``secret`` (``TrustKeys.cache_key``): an entry this user
+    did not write with the same key (another pipeline's, in a shared CI cache; a disk error) is
+    ignored, never acted on. Without a secret the cache is off.
+    """
+
+    def __init__(self, directory: str | Path, secret: bytes) -> None:
+        self.directory = Path(directory) / "layers-v2"
+        self._secret = secret
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key.removeprefix('sha256:')}.json"
 
     def get(self, key: str) -> LayerDigests | None:
+        if not self._secret:
+            return None
         try:
             raw = self._path(key).read_text()
         except OSError:
@@ -51,6 +61,8 @@ class LayerCache:
             data = json.loads(raw)
             if data["key"] != key:
                 raise ValueError("entry names another key")
+            if not hmac.compare_digest(str(data["mac"]), entry_mac(self._secret, data)):
+                raise ValueError("entry not written with this machine's or signing key's secret")
             return LayerDigests(
                 diff_id=Digest.parse(data["diff_id"]),
                 digest=Digest.parse(data["digest"]),
@@ -62,12 +74,15 @@ class LayerCache:
 
     def put(self, key: str, layer: LayerDigests) -> None:
         """Record ``layer`` atomically; a cache that cannot be written is only a warning."""
-        entry = {
+        if not self._secret:
+            return
+        entry: dict[str, object] = {
             "key": key,
             "diff_id": str(layer.diff_id),
             "digest": str(layer.digest),
             "size": layer.size,
         }
+        entry["mac"] = entry_mac(self._secret, entry)
         _write_json(self._path(key), entry)
 
     def forget(self, key: str) -> None:

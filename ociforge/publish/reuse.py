@@ -19,8 +19,22 @@ from ociforge.image.documents import config_diff_ids, parse_manifest
 from ociforge.publish.cache import LayerCache
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 from ociforge.spec import IMAGE_MANIFEST_TYPES
+from ociforge.trust import TrustKeys
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """What is known of a plan's layers before any is streamed (see ``ociforge.trust``).
+
+    ``known`` may be acted on: streamed by this session, an authenticated cache entry, or a
+    manifest whose layer-key table is signed by a trusted key. ``hints`` are what unsigned
+    manifests claim: they only decide which layers are hashed before uploading.
+    """
+
+    known: dict[str, LayerDigests]
+    hints: dict[str, LayerDigests]
 
 
 def known_layers(
@@ -30,16 +44,16 @@ def known_layers(
     manifests: Iterable[tuple[str, bytes, str]],
     scopes: Sequence[str],
     *,
+    trust: TrustKeys,
     learned: Mapping[str, LayerDigests] | None = None,
-) -> dict[str, LayerDigests]:
-    """key -> LayerDigests for every planned layer that this session ``learned`` (streamed
-    itself), the cache or a manifest knows.
-
-    ``manifests`` are (repository, bytes, media type) of images pushed before, consumed lazily:
-    neither they nor their configs are fetched once every planned key is known.
-    """
+) -> Knowledge:
+    """key -> LayerDigests for the planned layers, from (in this order) what this session
+    ``learned``, the local cache and ``manifests``: (repository, bytes, media type) of images
+    pushed before, consumed lazily (neither they nor their configs are fetched once every
+    planned key is known)."""
     wanted = {layer.key for layer in plan.layers}
     known = {key: (learned or {})[key] for key in wanted & (learned or {}).keys()}
+    hints: dict[str, LayerDigests] = {}
     if cache is not None:
         for key in wanted - known.keys():
             hit = cache.get(key)
@@ -50,47 +64,48 @@ def known_layers(
             break
         if media_type not in IMAGE_MANIFEST_TYPES:
             continue
-        learned = _from_manifest(client, repo, data, wanted - known.keys(), scopes)
-        known.update(learned)
-        if cache is not None:
-            for key, layer in learned.items():
-                cache.put(key, layer)
+        claims, signed = _from_manifest(client, repo, data, trust, scopes)
+        found = {k: v for k, v in claims.items() if k in wanted and k not in known}
+        if signed:
+            known.update(found)
+            for key, layer in found.items():
+                if cache is not None:
+                    cache.put(key, layer)
+        else:
+            hints.update({k: v for k, v in found.items() if k not in hints})
     log.debug("%d of %d layers known before streaming", len(known), len(wanted))
-    return known
+    return Knowledge(known, {k: v for k, v in hints.items() if k not in known})
 
 
 def _from_manifest(
-    client: RegistryClient,
-    repo: str,
-    data: bytes,
-    missing: set[str],
-    scopes: Sequence[str],
-) -> dict[str, LayerDigests]:
+    client: RegistryClient, repo: str, data: bytes, trust: TrustKeys, scopes: Sequence[str]
+) -> tuple[dict[str, LayerDigests], bool]:
+    """The layers a manifest pushed by ociforge claims (key -> digests), and whether a trusted
+    key signed that claim."""
     try:
         manifest = parse_manifest(data)
     except ImageError as exc:
         log.debug("ignoring an unreadable manifest in %s: %s", repo, exc)
-        return {}
-    annotated = [(i, d.annotations.get(KEY_ANNOTATION)) for i, d in enumerate(manifest.layers)]
-    if not any(key in missing for _, key in annotated):
-        return {}
+        return {}, False
+    annotated = [(d.annotations.get(KEY_ANNOTATION), d) for d in manifest.layers]
+    if not any(key for key, _ in annotated):
+        return {}, False
     config_bytes = get_small_blob(client, repo, manifest.config.digest, scopes=scopes)
-    if config_bytes is None:
-        return {}
     try:
-        diff_ids = config_diff_ids(config_bytes)
+        diff_ids = config_diff_ids(config_bytes) if config_bytes is not None else ()
     except ImageError as exc:
         log.debug("ignoring a manifest of %s whose config is unreadable: %s", repo, exc)
-        return {}
+        return {}, False
     if len(diff_ids) != len(manifest.layers):
         log.debug("ignoring a manifest of %s whose config lists other layers", repo)
-        return {}
-    learned: dict[str, LayerDigests] = {}
-    for i, key in annotated:
-        if key in missing:
-            d = manifest.layers[i]
-            learned[key] = LayerDigests(diff_ids[i], d.digest, d.size)
-    return learned
+        return {}, False
+    claims = {
+        key: LayerDigests(diff_id, d.digest, d.size)
+        for (key, d), diff_id in zip(annotated, diff_ids, strict=True)
+        if key
+    }
+    table = [(k, v.digest, v.diff_id, v.size) for k, v in claims.items()]
+    return claims, trust.verify(table, manifest.annotations)
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,7 @@ class LayerPreview:
     """What a push would do with one layer (``--dry-run``)."""
 
     index: int
-    action: str  # "reused" (already in the repository), "mount", "upload"
+    action: str  # "reused" (already in the repository), "mount", "check", "upload"
     size: int | None  # blob size when known; else None (see ``estimate``)
     estimate: int  # bytes of store content the layer holds (narSize), an upper bound
     digest: str | None
@@ -109,19 +124,21 @@ def preview_layers(
     client: RegistryClient,
     plan: ImagePlan,
     repo: str,
-    known: Mapping[str, LayerDigests],
+    knowledge: Knowledge,
     *,
     present: Set[Digest],
     mount_source: str | None,
 ) -> list[LayerPreview]:
     """Ask the registry (HEAD only) what each layer of ``plan`` would need; known layers in
-    ``present`` (referenced by the repository's tags) are there without asking."""
+    ``present`` (referenced by the repository's tags) are there without asking. A layer only
+    an unsigned manifest names is "check": hashed first, reused if the registry has it."""
     rows = []
     for index, layer in enumerate(plan.layers):
-        hit = known.get(layer.key)
+        hit = knowledge.known.get(layer.key)
         estimate = _estimate(plan, layer.recipe)
         if hit is None:
-            rows.append(LayerPreview(index, "upload", None, estimate, None, layer.comment))
+            action = "check" if layer.key in knowledge.hints else "upload"
+            rows.append(LayerPreview(index, action, None, estimate, None, layer.comment))
             continue
         if hit.digest in present or blob_exists(client, repo, hit.digest) is not None:
             action = "reused"

@@ -19,10 +19,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from ociforge.assemble import ImagePlan
+from ociforge.assemble import ImagePlan, PlannedLayer
 from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, RegistryError, UsageError
@@ -36,7 +37,7 @@ from ociforge.publish.options import (
     RegistryOptions,
     check_destinations,
 )
-from ociforge.publish.reuse import known_layers, preview_layers
+from ociforge.publish.reuse import Knowledge, known_layers, preview_layers
 from ociforge.publish.tags import (
     Tags,
     held_by_every_tag,
@@ -60,6 +61,7 @@ from ociforge.registry import (
 from ociforge.sinks.oci_layout import OciLayout
 from ociforge.source import LayoutRef
 from ociforge.threads import Background, cpu_count
+from ociforge.trust import trust_from_environment
 
 _READ_SIZE = 1 << 20
 MakePlan = Callable[[], ImagePlan]
@@ -77,7 +79,7 @@ class PushSession:
         self.registry = registry
         self.options = options or RegistryOptions()
         self.on_event = on_event
-        self.cache = LayerCache(self.options.cache_dir) if self.options.cache_dir else None
+        self.cache: LayerCache | None = None  # made for each plan: its trust keys sign it
         # Layers this session streamed itself: the next image of a batch knows them.
         self._learned: dict[str, LayerDigests] = {}
         self._client: RegistryClient | None = None
@@ -133,7 +135,8 @@ class PushSession:
         it runs while the registry is asked what the tags hold.
         """
         started = time.monotonic()
-        made, current, known = self._survey(plan, refs)
+        made, current, knowledge = self._survey(plan, refs)
+        known = {**knowledge.known, **self._hash_hinted(made, knowledge.hints)}
         digest = held_by_every_tag(made, known, refs, current)
         if digest is not None:
             blobs = [
@@ -154,14 +157,14 @@ class PushSession:
 
     def preview(self, plan: ImagePlan | MakePlan, refs: Sequence[Reference]) -> PushPreview:
         """Everything ``push`` would decide, with HEAD requests only: nothing is uploaded."""
-        made, current, known = self._survey(plan, refs)
-        up_to_date = held_by_every_tag(made, known, refs, current) is not None
+        made, current, knowledge = self._survey(plan, refs)
+        up_to_date = held_by_every_tag(made, knowledge.known, refs, current) is not None
         repo = refs[0].repository
         rows = preview_layers(
             self.client,
             made,
             repo,
-            known,
+            knowledge,
             present=referenced(current, repo),
             mount_source=self.options.mount_source(repo),
         )
@@ -169,7 +172,7 @@ class PushSession:
 
     def _survey(
         self, plan: ImagePlan | MakePlan, refs: Sequence[Reference]
-    ) -> tuple[ImagePlan, Tags, dict[str, LayerDigests]]:
+    ) -> tuple[ImagePlan, Tags, Knowledge]:
         """The plan, what the tags hold now, and which layers are known.
 
         A plan to make (nix evaluating, building, listing the closure) is made in a thread
@@ -185,8 +188,46 @@ class PushSession:
             client = self.client
         made, current = tags_while_planning(planning, client, refs, scopes)
         sources = self._sources(current, scopes)
-        known = known_layers(made, self.cache, client, sources, scopes, learned=self._learned)
-        return made, current, known
+        trust = made.options.trust or trust_from_environment(self._environ())
+        cache_dir = self.options.cache_dir
+        self.cache = LayerCache(cache_dir, trust.cache_key()) if cache_dir else None
+        knowledge = known_layers(
+            made, self.cache, client, sources, scopes, trust=trust, learned=self._learned
+        )
+        return made, current, knowledge
+
+    def _environ(self) -> Mapping[str, str]:
+        return os.environ if self.options.env is None else self.options.env
+
+    def _hash_hinted(
+        self, plan: ImagePlan, hints: Mapping[str, LayerDigests]
+    ) -> dict[str, LayerDigests]:
+        """Digests of the layers that unsigned manifests claim, computed from the store: the
+        claims only say the upload may be skippable, never which blob a layer is."""
+        todo = [layer for layer in plan.layers if layer.key in hints]
+        if not todo:
+            return {}
+        self.on_event(
+            Message(
+                f"{len(todo)} layers are named by an unsigned manifest: hashing them to check "
+                "(set OCIFORGE_SIGNING_KEY to skip this, see ociforge keygen)"
+            )
+        )
+        threads = max(1, cpu_count() // min(self.options.jobs, len(todo)))
+
+        def digests(layer: PlannedLayer) -> LayerDigests:
+            with layer.recipe.open(threads=threads) as stream:
+                for _ in stream:
+                    pass
+            return stream.result
+
+        with ThreadPoolExecutor(self.options.jobs, thread_name_prefix="ociforge-hash") as pool:
+            computed = dict(zip((t.key for t in todo), pool.map(digests, todo), strict=True))
+        for key, layer in computed.items():
+            self._learned[key] = layer
+            if self.cache is not None:
+                self.cache.put(key, layer)
+        return computed
 
     def _sources(self, current: Tags, scopes: Sequence[str]) -> Iterator[tuple[str, bytes, str]]:
         """Manifests to learn layers from: the destinations' current ones, then --cache-from."""

@@ -20,6 +20,14 @@ from tests.support.nixstore import BuiltClosure, File, Package, busybox_package,
 from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
+SIGNING_KEY, PUBLIC_KEY = ociforge.generate_key()
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These pushes sign their layer-key tables, as a protected CI/CD variable makes them:
+    only a signed table lets a fresh runner reuse layers without reading them."""
+    monkeypatch.setenv("OCIFORGE_SIGNING_KEY", SIGNING_KEY)
 
 
 def spec(version: str) -> list[Package]:
@@ -117,6 +125,27 @@ def test_fresh_runner_learns_layers_from_the_registry(
     assert again.up_to_date and again.manifest_digest == first.manifest_digest
     assert sent == [("GET", "v2"), ("GET", "manifests"), ("GET", "blobs")]  # + the config
     assert list((tmp_path / "runner-2").rglob("*.json")), "what it learned is cached"
+
+
+def test_without_a_key_a_fresh_runner_hashes_but_uploads_nothing(
+    closures: tuple[BuiltClosure, BuiltClosure],
+    registry: RegistryServer,
+    repo_name: str,
+    tmp_path: Path,
+    opened: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unsigned table is a hint: the layers it names are hashed from the store, and only
+    a digest computed here decides that the registry's blob is the layer."""
+    monkeypatch.delenv("OCIFORGE_SIGNING_KEY")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no machine secret: no usable cache
+    app = closures[0]["app-1.0"]
+    ref = f"{registry.host}/{repo_name}:latest"
+    first = push(app, [ref], tmp_path / "runner-1")
+    opened.clear()
+    again = push(app, [ref], tmp_path / "runner-2")
+    assert sorted(opened) == sorted(closures[0].paths.values())  # every store path was read
+    assert again.up_to_date and again.manifest_digest == first.manifest_digest
 
 
 def test_changing_a_leaf_uploads_only_the_layers_that_hold_changed_paths(
@@ -227,11 +256,16 @@ def test_corrupt_cache_entries_are_ignored(
     app = closures[0]["app-1.0"]
     ref = f"{registry.host}/{repo_name}:latest"
     first = push(app, [ref], tmp_path / "cache")
-    entries = sorted((tmp_path / "cache" / "layers-v1").glob("*.json"))
+    entries = sorted((tmp_path / "cache" / "layers-v2").glob("*.json"))
     assert len(entries) == 4
     entries[0].write_text("{not json")
     data = json.loads(entries[1].read_text())
     entries[1].write_text(json.dumps({**data, "digest": "sha256:" + "0" * 64, "key": "x"}))
+    # Well-formed, its own key, and a blob the registry has: another layer's. Whoever wrote it
+    # (a merge request's pipeline sharing the CI cache) has no key to MAC it with.
+    poisoned, donor = json.loads(entries[2].read_text()), json.loads(entries[3].read_text())
+    swapped = {k: donor[k] for k in ("digest", "diff_id", "size")}
+    entries[2].write_text(json.dumps({**poisoned, **swapped}))
     again = push(app, [f"{registry.host}/{repo_name}:other"], tmp_path / "cache")
     assert again.manifest_digest == first.manifest_digest
     check_with_skopeo(f"{registry.host}/{repo_name}:other", tmp_path)

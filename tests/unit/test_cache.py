@@ -49,7 +49,7 @@ LAYER = LayerDigests(Digest.of(b"tar"), Digest.of(b"blob"), 4)
 
 
 def test_cache_round_trip_and_bad_entries_read_as_missing(tmp_path: Path) -> None:
-    cache = LayerCache(tmp_path)
+    cache = LayerCache(tmp_path, b"secret")
     k = key(StoreLayer(paths=(A,)))
     assert cache.get(k) is None
     cache.put(k, LAYER)
@@ -68,7 +68,7 @@ def test_cache_round_trip_and_bad_entries_read_as_missing(tmp_path: Path) -> Non
 
 
 def test_concurrent_writers_never_leave_a_torn_entry(tmp_path: Path) -> None:
-    cache = LayerCache(tmp_path)
+    cache = LayerCache(tmp_path, b"secret")
     k = key(StoreLayer(paths=(A,)))
     errors: list[object] = []
 
@@ -93,7 +93,7 @@ def test_unwritable_cache_is_only_a_warning(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    LayerCache(blocker).put(key(StoreLayer(paths=(A,))), LAYER)
+    LayerCache(blocker, b"secret").put(key(StoreLayer(paths=(A,))), LAYER)
     assert "cannot write the layer cache" in caplog.text
 
 
