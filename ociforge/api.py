@@ -34,6 +34,7 @@ from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
     DockerArchiveTarget,
     Target,
+    check_target,
     parse_target,
     write_docker_archive,
     write_oci,
@@ -139,6 +140,7 @@ def build(
         print(result.manifest_digest)
     """
     parsed = parse_target(target) if isinstance(target, str) else target
+    check_target(parsed)  # a bad destination is refused before nix runs and before it is touched
     spec = parse_source(
         source, closure_json=closure_json, devshell=devshell, contents=contents, nix=nix
     )

@@ -39,14 +39,27 @@ class LayoutRef:
 
 
 def parse_layout_ref(text: str) -> LayoutRef:
-    """``oci:DIR[:TAG]``; a last ``:part`` that is no tag belongs to the directory's name."""
+    """``oci:DIR[:TAG]``, split at the last ``:``.
+
+    A last ``:part`` without ``/`` is meant as a tag, so it must be one: ``oci:out:bad tag!`` is
+    refused rather than silently written to a directory named ``out:bad tag!``. A directory whose
+    name holds a ``:`` is still reachable: ``oci:./a:b/`` (a trailing ``/`` makes the last part a
+    path), or ``oci:./a:b:TAG``.
+    """
     rest = text.removeprefix("oci:")
     if not rest:
         raise UsageError(f"{text!r} names no directory: use oci:DIR[:TAG]")
-    directory, _, tag = rest.rpartition(":")
-    if directory and TAG_RE.fullmatch(tag):
-        return LayoutRef(directory, tag)
-    return LayoutRef(rest)
+    directory, sep, tag = rest.rpartition(":")
+    if not sep or "/" in tag:
+        return LayoutRef(rest)
+    if not directory:
+        raise UsageError(f"{text!r} names no directory: use oci:DIR[:TAG]")
+    if not TAG_RE.fullmatch(tag):
+        raise UsageError(
+            f"invalid tag {tag!r} in {text!r}: use letters, digits, _ . - (max 128); "
+            f"for a directory whose name has a ':', end it with '/' (oci:{rest}/)"
+        )
+    return LayoutRef(directory, tag)
 
 
 @dataclass(frozen=True)

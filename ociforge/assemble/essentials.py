@@ -272,9 +272,9 @@ def _host_tree(src: str, dest: str, st: os.stat_result) -> list[TarEntry]:
         return [TarEntry(dest, "symlink", target=os.readlink(src))]
     if stat.S_ISREG(st.st_mode):
         mode = 0o755 if st.st_mode & 0o111 else 0o644
-        return [TarEntry(dest, "file", mode=mode, data=_read_host_file(src, "--add"))]
+        return [TarEntry(dest, "file", mode=mode, data=_read_added_file(src))]
     if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"--add {src}: only files, directories and symlinks can be added")
+        raise _not_addable(src, st.st_mode)
     entries = [] if dest == "/" else [TarEntry(dest, "dir", mode=_DIR)]
     try:
         with os.scandir(src) as it:
@@ -284,6 +284,39 @@ def _host_tree(src: str, dest: str, st: os.stat_result) -> list[TarEntry]:
     for name, path, child_st in children:
         entries += _host_tree(path, os.path.join(dest, name), child_st)
     return entries
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device file"),
+    (stat.S_ISBLK, "a device file"),
+)
+
+
+def _not_addable(src: str, mode: int) -> UsageError:
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a regular file")
+    return UsageError(f"--add {src}: is {kind}; only files, directories and symlinks can be added")
+
+
+def _read_added_file(path: str) -> bytes:
+    """The bytes of a file that ``lstat`` called regular, if it still is one.
+
+    Opened without blocking and without following a link, then checked again: a file replaced
+    by a FIFO after it was listed would otherwise block the build forever in ``open``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"--add {path}: {exc.strerror or exc}") from None
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_addable(path, mode)
+        try:
+            return f.read()
+        except OSError as exc:
+            raise UsageError(f"--add {path}: {exc.strerror or exc}") from None
 
 
 def _read_host_file(path: str, option: str) -> bytes:

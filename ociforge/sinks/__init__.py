@@ -2,6 +2,15 @@
 
 Targets are written as skopeo spells them: ``oci:DIR[:TAG]`` and ``docker-archive:FILE[:NAME:TAG]``
 (``FILE`` may be ``-`` for stdout, so ``ociforge build ... docker-archive:- | podman load`` works).
+
+Nothing is touched before everything that can be checked is: :func:`parse_target` checks tags
+and references, :func:`check_target` the destination, both before nix runs. A docker archive
+file then appears whole or not at all (see :mod:`ociforge.sinks.files`); stdout, a device or a
+FIFO cannot be replaced atomically and are streamed, so a failure there leaves a partial stream
+(a reader such as ``podman load`` fails on it). An OCI layout's ``index.json`` is rewritten
+atomically after every blob it names is stored, so an interrupted build never leaves it naming
+a missing blob; a failed first build may leave a layout without images (and finished blobs a
+later build reuses), which the next build accepts.
 """
 
 from __future__ import annotations
@@ -10,13 +19,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from ociforge.assemble import BuiltImage, ImagePlan
 from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
-from ociforge.errors import UsageError
+from ociforge.errors import ImageError, UsageError
 from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
+from ociforge.sinks.files import check_output_file, is_streamed, replaced_atomically
 from ociforge.source import LayoutRef, parse_layout_ref
 
 if TYPE_CHECKING:  # the writers load when an image is written
@@ -38,20 +48,37 @@ Target = LayoutRef | DockerArchiveTarget
 
 
 def parse_target(text: str) -> Target:
-    """Parse ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME:TAG]``."""
+    """Parse ``oci:DIR[:TAG]`` or ``docker-archive:FILE[:NAME:TAG]``, checking TAG and NAME:TAG."""
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
         raise UsageError(
             f"unknown output {text!r}: use oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG]"
         )
     if kind == "oci":
-        return parse_layout_ref(text)
+        from ociforge.sinks.oci_layout import check_tag  # noqa: PLC0415
+
+        layout = parse_layout_ref(text)
+        if layout.tag is not None:
+            check_tag(layout.tag)
+        return layout
     if kind == "docker-archive":
+        from ociforge.sinks.docker_archive import check_repo_tag  # noqa: PLC0415
+
         path, _, ref = rest.partition(":")
         if ref and ":" not in ref:
             raise UsageError(f"docker-archive reference {ref!r} needs NAME:TAG")
-        return DockerArchiveTarget(path, ref or None)
+        return DockerArchiveTarget(path, check_repo_tag(ref) if ref else None)
     raise UsageError(f"unknown output type {kind!r}: use oci:DIR[:TAG] or docker-archive:FILE")
+
+
+def check_target(target: Target) -> None:
+    """Refuse a destination that cannot be written, before anything is built or touched."""
+    if isinstance(target, DockerArchiveTarget):
+        check_output_file(target.path)
+        return
+    from ociforge.sinks.oci_layout import check_layout_directory  # noqa: PLC0415
+
+    check_layout_directory(target.directory)
 
 
 def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) -> BuiltImage:
@@ -71,6 +98,7 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(digest)))
     built = plan.finish(results)
+    # Every blob the new index entry names is stored before index.json changes.
     layout.write_blob(built.config)
     layout.add_manifest(built.manifest, built.manifest_media_type, tag=target.tag or "latest")
     return built
@@ -79,22 +107,33 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
 def write_docker_archive(
     plan: ImagePlan, target: DockerArchiveTarget, on_event: ProgressCallback
 ) -> BuiltImage:
-    """Write a ``docker load`` archive; layers are plain tars, so their sizes are known upfront."""
+    """Write a ``docker load`` archive; layers are plain tars, so their sizes are known upfront.
+
+    A file is replaced only by a complete archive; stdout, devices and FIFOs are streamed.
+    """
+    check_target(target)  # a caller of this function may not have called it
     if target.path == "-":
-        return _write_archive(plan, target, sys.stdout.buffer, on_event)
-    try:
-        with open(target.path, "wb") as out:
-            return _write_archive(plan, target, out, on_event)
-    except OSError as exc:
-        raise UsageError(f"cannot write {target.path}: {exc.strerror}") from exc
+        return _write_archive(plan, target, sys.stdout.buffer, "stdout", on_event)
+    if is_streamed(target.path):
+        try:
+            with open(target.path, "wb") as out:
+                return _write_archive(plan, target, out, target.path, on_event)
+        except OSError as exc:
+            raise ImageError(f"cannot write {target.path}: {exc.strerror or exc}") from exc
+    with replaced_atomically(target.path) as out:
+        return _write_archive(plan, target, out, target.path, on_event)
 
 
 def _write_archive(
-    plan: ImagePlan, target: DockerArchiveTarget, out: BinaryIO, on_event: ProgressCallback
+    plan: ImagePlan,
+    target: DockerArchiveTarget,
+    out: IO[bytes],
+    name: str,
+    on_event: ProgressCallback,
 ) -> BuiltImage:
     from ociforge.sinks.docker_archive import DockerArchiveWriter  # noqa: PLC0415
 
-    writer: DockerArchiveWriter = DockerArchiveWriter(out)
+    writer: DockerArchiveWriter = DockerArchiveWriter(out, name)
     results: list[LayerDigests] = []
     for index, layer in enumerate(plan.layers):
         key = f"layer {index + 1}/{len(plan.layers)}"
@@ -106,7 +145,10 @@ def _write_archive(
         on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
     built = plan.finish(results)
     writer.finish(built.config, _repo_tags(plan, target))
-    out.flush()
+    try:
+        out.flush()  # the last buffered bytes: ENOSPC may show only here
+    except OSError as exc:
+        raise ImageError(f"cannot write {name}: {exc.strerror or exc}") from exc
     return built
 
 

@@ -82,8 +82,9 @@ class DockerArchiveWriter:
     The file object is neither flushed nor closed here.
     """
 
-    def __init__(self, fileobj: Writable) -> None:
+    def __init__(self, fileobj: Writable, name: str = "the docker archive") -> None:
         self._out = fileobj
+        self._name = name  # for errors: the file the user named, or "stdout"
         self._written = 0
         self._layers: list[tuple[str, Digest]] = []
         self._broken = False
@@ -197,5 +198,5 @@ class DockerArchiveWriter:
                 written = self._out.write(data)
         except OSError as exc:
             self._broken = True
-            raise ImageError(f"cannot write the docker archive: {exc.strerror}") from exc
+            raise ImageError(f"cannot write {self._name}: {exc.strerror or exc}") from exc
         self._written += size

@@ -45,6 +45,28 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def check_layout_directory(path: str) -> None:
+    """Refuse, before anything is built, a directory an image layout cannot be written to.
+
+    It must be an OCI layout, empty, or not exist yet (its nearest existing parent must then be
+    a writable directory: it is created).
+    """
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} exists and is not a directory: pick a new directory")
+        if not os.path.exists(os.path.join(path, "oci-layout")) and os.listdir(path):
+            raise UsageError(f"{path} is not empty and not an OCI layout: pick a new directory")
+        existing = path
+    else:
+        existing = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UsageError(f"cannot create {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write an OCI layout in {path}: {existing} is not writable")
+
+
 class OciLayout:
     """Writer and reader of one OCI image layout directory.
 
