@@ -140,11 +140,13 @@ class Tally:
         return layer.planned >= LARGE_BYTES or layer.planned >= LARGE_SHARE * self.total > 0
 
     def percent(self) -> int:
-        """Rounded down: 100% only once every layer is done."""
+        """Rounded down, and 100% only once every layer is done."""
+        finished = bool(self.layers) and all(layer.outcome for layer in self.layers.values())
+        if finished:
+            return 100
         if self.total == 0:
-            finished = all(layer.outcome for layer in self.layers.values())
-            return 100 if finished and self.layers else 0
-        return math.floor(100 * self.done / self.total)
+            return 0
+        return min(99, math.floor(100 * self.done / self.total))
 
     def rate(self, now: float) -> float | None:
         """Input bytes per second since the first byte was read."""
@@ -185,7 +187,8 @@ class Tally:
         for layer in self.layers.values():
             word = _WORDS.get(layer.outcome or "", "not done")
             counts[word] = counts.get(word, 0) + 1
-        detail = ", ".join(f"{n} {word}" for word, n in counts.items())
+        order = ("uploaded", "written", "mounted", "reused", "not done")
+        detail = ", ".join(f"{counts[w]} {w}" for w in order if w in counts)
         moved = "sent" if verb == "pushed" else "written"
         speed = f" ({human_size(self.sent / seconds)}/s)" if seconds > 0 else ""
         return (
@@ -298,12 +301,17 @@ class ProgressDisplay:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
-            with self._lock:
-                now = self._clock()
-                if self.mode == "bar":
-                    self._draw(now)
-                else:
-                    self._write(self._plain_status(now))
+            self.tick()
+
+    def tick(self) -> None:
+        """What the display shows every ``interval`` (the ticker thread's step): a plain line,
+        or the bar redrawn (its rate and ETA move while no byte does)."""
+        with self._lock:
+            now = self._clock()
+            if self.mode == "bar":
+                self._draw(now)
+            elif self.mode == "plain":
+                self._write(self._plain_status(now))
 
     def _plain_status(self, now: float) -> str:
         if not self.tally.planned:
