@@ -46,7 +46,7 @@ from ociforge.api import (
     push,
 )
 from ociforge.errors import OciforgeError, UsageError
-from ociforge.progress import ProgressDisplay
+from ociforge.progress import MODES, ProgressDisplay
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -221,10 +221,20 @@ _IMAGE_OPTIONS = [
 
 _COMMON_OPTIONS = [
     click.option(
-        "--progress/--no-progress",
-        default=None,
-        help="Progress bars on stderr (default: only on a terminal).",
+        "--progress",
+        type=click.Choice(MODES),
+        default="auto",
+        show_default=True,
+        # A bare --progress keeps its old meaning (bars even off a terminal), when nothing
+        # follows it or an option does.
+        is_flag=False,
+        flag_value="bar",
+        help=(
+            "Progress on stderr: bar (a terminal), plain (a line every 10 s and per large "
+            "layer, for CI logs), none; auto: bar on a terminal, plain otherwise."
+        ),
     ),
+    click.option("--no-progress", is_flag=True, help="Same as --progress none."),
     click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
     click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr."),
@@ -347,7 +357,7 @@ def build_command(args: tuple[str, ...], **kw: Any) -> None:
     def action() -> None:
         installable, target = _installable_and_target(args, kw["closure_json"])
         options = options_from_cli(kw)
-        with ProgressDisplay.for_cli(kw["progress"], kw["quiet"]) as display:
+        with _display(kw) as display:
             result = build(
                 installable,
                 target,
@@ -358,7 +368,8 @@ def build_command(args: tuple[str, ...], **kw: Any) -> None:
                 nix=kw["nix_bin"],
                 on_event=display.handle,
             )
-        _report_build(result, kw["as_json"], to_stdout=not target.startswith("docker-archive:-"))
+        to_stdout = not target.startswith("docker-archive:-")
+        _report_build(result, kw["as_json"], display, to_stdout=to_stdout)
 
     _run(kw["debug"], action)
 
@@ -377,7 +388,17 @@ def _installable_and_target(
     raise UsageError(f"expected [INSTALLABLE] TARGET, got {len(args)} arguments")
 
 
-def _report_build(result: BuildResult, as_json: bool, *, to_stdout: bool) -> None:
+def _display(kw: dict[str, Any]) -> ProgressDisplay:
+    progress = "none" if kw["no_progress"] else kw["progress"]
+    return ProgressDisplay.for_cli(progress, kw["quiet"])
+
+
+def _report_build(
+    result: BuildResult, as_json: bool, display: ProgressDisplay, *, to_stdout: bool
+) -> None:
+    line = display.summary("wrote")
+    if line is not None and not display.quiet:
+        click.echo(f"ociforge: {line}", err=True)
     if as_json:
         summary = {
             "target": result.target,
@@ -531,12 +552,12 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
                     contents=kw["contents"],
                     closure_json=kw["closure_json"],
                     nix=kw["nix_bin"],
-                    on_event=ProgressDisplay(enabled=False, quiet=kw["quiet"]).handle,
+                    on_event=ProgressDisplay("none", quiet=kw["quiet"]).handle,
                 ),
                 kw["as_json"],
             )
             return
-        with ProgressDisplay.for_cli(kw["progress"], kw["quiet"]) as display:
+        with _display(kw) as display:
             result = push(
                 source,
                 dests,
@@ -548,7 +569,7 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
                 nix=kw["nix_bin"],
                 on_event=display.handle,
             )
-        _report_push(result, kw["as_json"])
+        _report_push(result, kw["as_json"], display)
 
     _run(kw["debug"], action)
 
@@ -588,7 +609,13 @@ def _report_preview(result: PushPreview, as_json: bool) -> None:
     click.echo(f"{', '.join(result.references)}: {state}")
 
 
-def _report_push(result: PushResult, as_json: bool) -> None:
+def _report_push(result: PushResult, as_json: bool, display: ProgressDisplay) -> None:
+    # stderr: what happened, for people; stdout (REF@digest or JSON) is for scripts: unchanged.
+    if result.up_to_date:
+        if not display.quiet:
+            click.echo("ociforge: up to date: every tag already holds this image", err=True)
+    elif not display.quiet and (line := display.summary("pushed", result.seconds)):
+        click.echo(f"ociforge: {line}", err=True)
     if as_json:
         summary = {
             "references": list(result.references),
@@ -607,8 +634,6 @@ def _report_push(result: PushResult, as_json: bool) -> None:
         }
         click.echo(json.dumps(summary, indent=2))
         return
-    if result.up_to_date:
-        click.echo("ociforge: up to date: every tag already holds this image", err=True)
     for ref in result.references:
         click.echo(f"{ref}@{result.manifest_digest}")
 

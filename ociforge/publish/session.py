@@ -27,7 +27,15 @@ from ociforge.assemble import ImagePlan, PlannedLayer
 from ociforge.assemble.layer import LayerDigests, LayerStream
 from ociforge.digest import Digest
 from ociforge.errors import DigestMismatchError, RegistryError, UsageError
-from ociforge.events import Message, ProgressCallback, ignore_event
+from ociforge.events import (
+    BlobFinished,
+    BlobStarted,
+    Message,
+    PlanReady,
+    ProgressCallback,
+    ignore_event,
+    reading,
+)
 from ociforge.image.documents import Descriptor, parse_manifest
 from ociforge.publish.cache import LayerCache
 from ociforge.publish.options import (
@@ -58,6 +66,7 @@ from ociforge.registry import (
     upload_all,
     upload_bytes,
 )
+from ociforge.sinks import layer_key_name, open_counted, plan_ready
 from ociforge.sinks.oci_layout import OciLayout
 from ociforge.source import LayoutRef
 from ociforge.threads import Background, cpu_count
@@ -145,6 +154,8 @@ class PushSession:
             ]
             seconds = time.monotonic() - started
             return PushResult(tag_names(refs), str(digest), tuple(blobs), seconds, True)
+        # Only now: an image that is up to date shows no progress at all.
+        self.on_event(plan_ready(made))
         repo = refs[0].repository
         # Only when every destination is that repository: a blob mounted into another one must
         # be there for real, and a failed mount could not be told from a missing layer.
@@ -327,11 +338,14 @@ class PushSession:
         there: dict[int, BlobResult] = {}
         jobs: list[BlobJob] = []
         for i, layer in enumerate(plan.layers):
-            key, hit = f"layer {i + 1}/{len(plan.layers)}", known.get(layer.key)
+            key, hit = layer_key_name(i, len(plan.layers)), known.get(layer.key)
             if hit is not None and hit.digest in present:
                 there[i] = BlobResult(key, hit.digest, hit.size, "skipped")
+                # Told like a layer found by HEAD: progress counts its input as done.
+                self.on_event(BlobStarted(key, hit.size, layer.comment))
+                self.on_event(BlobFinished(key, "skipped", hit.size, str(hit.digest)))
                 continue
-            opener = functools.partial(layer.recipe.open, threads=threads)
+            opener = functools.partial(open_counted, layer, key, self.on_event, threads=threads)
             jobs.append(
                 BlobJob(
                     key=key,
@@ -354,17 +368,19 @@ class PushSession:
         manifest_bytes, media_type = layout.resolve(source.tag)
         manifest = parse_manifest(manifest_bytes)
         descriptors = [*manifest.layers, manifest.config]
+        count = len(manifest.layers)
+        keys = [layer_key_name(i, count) for i in range(count)] + ["config"]
+        # A built layer's input is its file: progress is measured on the blobs' sizes.
+        self.on_event(PlanReady(tuple(keys[:count]), tuple(d.size for d in manifest.layers)))
         jobs = [
             BlobJob(
-                key=f"layer {i + 1}/{len(manifest.layers)}"
-                if i < len(manifest.layers)
-                else "config",
-                open_stream=_file_opener(layout, d.digest),
+                key=key,
+                open_stream=_file_opener(layout, d.digest, key, self.on_event),
                 expected=d.digest,
                 mount_from=self.options.mount_from,
                 size=d.size,
             )
-            for i, d in enumerate(descriptors)
+            for key, d in zip(keys, descriptors, strict=True)
         ]
         self.client.ping()
         results = self._upload(refs[0].repository, jobs)
@@ -455,9 +471,11 @@ def _remembering(
     return opener
 
 
-def _file_opener(layout: OciLayout, digest: Digest) -> Callable[[], HashingStream]:
+def _file_opener(
+    layout: OciLayout, digest: Digest, key: str, on_event: ProgressCallback
+) -> Callable[[], HashingStream]:
     def opener() -> HashingStream:
-        return HashingStream(_read_file(layout, digest))
+        return HashingStream(reading(_read_file(layout, digest), key, on_event))
 
     return opener
 

@@ -21,11 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from ociforge.assemble import BuiltImage, ImagePlan
-from ociforge.assemble.layer import LayerDigests, LayerStream
+from ociforge.assemble import BuiltImage, ImagePlan, PlannedLayer
+from ociforge.assemble.layer import EntriesLayer, LayerDigests, LayerStream, StoreLayer
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
-from ociforge.events import BlobFinished, BlobStarted, ProgressCallback, reporting
+from ociforge.events import (
+    BlobFinished,
+    BlobStarted,
+    PlanReady,
+    ProgressCallback,
+    reading,
+    reporting,
+)
 from ociforge.sinks.files import check_output_file, is_streamed, replaced_atomically
 from ociforge.source import LayoutRef, parse_layout_ref
 
@@ -87,10 +94,11 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
 
     layout = OciLayout(target.directory)
     results: list[LayerDigests] = []
+    on_event(plan_ready(plan))
     for index, layer in enumerate(plan.layers):
-        key = f"layer {index + 1}/{len(plan.layers)}"
+        key = layer_key_name(index, len(plan.layers))
         on_event(BlobStarted(key, None, layer.comment))
-        stream = layer.recipe.open()
+        stream = open_counted(layer, key, on_event)
         # The layer stream hashes its blob already: a second sha256 pass would be pure cost.
         digest, size = layout.write_blob_stream(
             reporting(stream, key, on_event), hashed=_hashed_by(stream)
@@ -135,11 +143,12 @@ def _write_archive(
 
     writer: DockerArchiveWriter = DockerArchiveWriter(out, name)
     results: list[LayerDigests] = []
+    on_event(plan_ready(plan))
     for index, layer in enumerate(plan.layers):
-        key = f"layer {index + 1}/{len(plan.layers)}"
+        key = layer_key_name(index, len(plan.layers))
         size = layer.recipe.tar_size()
         on_event(BlobStarted(key, size, layer.comment))
-        stream = layer.recipe.open()
+        stream = open_counted(layer, key, on_event)
         writer.add_layer(reporting(stream, key, on_event), size, hashed=_diff_id_of(stream))
         results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(stream.result.digest)))
@@ -150,6 +159,42 @@ def _write_archive(
     except OSError as exc:
         raise ImageError(f"cannot write {name}: {exc.strerror or exc}") from exc
     return built
+
+
+def layer_key_name(index: int, count: int) -> str:
+    """How progress events name a layer: ``layer 3/100``."""
+    return f"layer {index + 1}/{count}"
+
+
+def plan_ready(plan: ImagePlan) -> PlanReady:
+    """The :class:`PlanReady` event of ``plan``: what each layer will read, before it is read."""
+    count = len(plan.layers)
+    keys = tuple(layer_key_name(i, count) for i in range(count))
+    return PlanReady(keys, tuple(_input_bytes(plan, layer) for layer in plan.layers))
+
+
+def _input_bytes(plan: ImagePlan, layer: PlannedLayer) -> int:
+    recipe = layer.recipe
+    if isinstance(recipe, StoreLayer):
+        paths = plan.closure.paths
+        return sum(paths[p].nar_size for p in recipe.paths if p in paths)
+    if isinstance(recipe, EntriesLayer):
+        # Small synthetic files: their data plus a tar header each is close enough.
+        return sum(_TAR_BLOCK + len(entry.data) for entry in recipe.entries)
+    return 0
+
+
+_TAR_BLOCK = 512
+
+
+def open_counted(
+    layer: PlannedLayer, key: str, on_event: ProgressCallback, *, threads: int | None = None
+) -> LayerStream:
+    """``layer.recipe.open(threads=...)``, telling ``on_event`` of each input chunk read
+    (:class:`InputProgress`, from the stream's reading thread): what progress is measured on."""
+    recipe = layer.recipe
+    chunks = reading(recipe.tar_chunks(), key, on_event)
+    return LayerStream(chunks, recipe.compression, threads=threads)
 
 
 def _hashed_by(stream: LayerStream) -> Callable[[], tuple[Digest, int]]:
