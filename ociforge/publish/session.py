@@ -48,6 +48,7 @@ from ociforge.publish.options import (
 from ociforge.publish.reuse import Knowledge, known_layers, preview_layers
 from ociforge.publish.tags import (
     Tags,
+    check_tag_rules,
     held_by_every_tag,
     plan_errors_first,
     put_tags,
@@ -156,6 +157,7 @@ class PushSession:
             return PushResult(tag_names(refs), str(digest), tuple(blobs), seconds, True)
         # Only now: an image that is up to date shows no progress at all.
         self.on_event(plan_ready(made))
+        check_tag_rules(self.client, refs, self.options.scopes(refs), current)
         repo = refs[0].repository
         # Only when every destination is that repository: a blob mounted into another one must
         # be there for real, and a failed mount could not be told from a missing layer.

@@ -7,6 +7,7 @@ written last, after every blob is in place: a failed push leaves every tag where
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from ociforge.assemble import ImagePlan
 from ociforge.assemble.layer import LayerDigests
 from ociforge.digest import Digest
-from ociforge.errors import ImageError
+from ociforge.errors import AuthError, ImageError, RegistryError
 from ociforge.image.documents import parse_manifest
 from ociforge.reference import Reference
 from ociforge.registry import RegistryClient, get_manifest, put_manifest
@@ -105,13 +106,84 @@ def put_tags(
     media_type: str,
     current: Tags | None = None,
 ) -> str:
-    """The manifest under every tag that does not hold it already; its digest."""
+    """The manifest under every tag that does not hold it already; its digest. If a tag is
+    refused after others moved, the error says exactly which moved and which did not."""
     digest = Digest.of(manifest)
-    for ref in refs:
+    moved: list[str] = []
+    for i, ref in enumerate(refs):
         found = (current or {}).get((ref.repository, ref.manifest_ref))
-        if found is None or found[2] != digest:
+        if found is not None and found[2] == digest:
+            continue
+        try:
             put_manifest(client, ref.repository, ref.manifest_ref, manifest, media_type)
+        except RegistryError as error:
+            if not moved:
+                raise
+            left = ", ".join(tag_names(refs[i:]))
+            message = f"{error}; tags updated: {', '.join(moved)}; not updated: {left}"
+            raise type(error)(
+                message,
+                method=error.method,
+                url=error.url,
+                status=error.status,
+                codes=error.codes,
+            ) from error
+        moved.append(f"{ref.name}:{ref.manifest_ref}")
     return str(digest)
+
+
+def check_tag_rules(
+    client: RegistryClient, refs: Sequence[Reference], scopes: Sequence[str], current: Tags
+) -> None:
+    """Refuse, before any blob is sent, a tag the registry will refuse: GitLab writes its
+    protected (push denied) and immutable tag patterns into the token's access claims."""
+    claims = client.auth.token_claims(scopes)
+    access = claims.get("access") if claims else None
+    if not isinstance(access, list):
+        return
+    for ref in refs:
+        meta = next(
+            (
+                a.get("meta")
+                for a in access
+                if isinstance(a, dict) and a.get("name") == ref.repository
+            ),
+            None,
+        )
+        if isinstance(meta, dict):
+            _check_tag(
+                ref, meta, exists=current.get((ref.repository, ref.manifest_ref)) is not None
+            )
+
+
+def _check_tag(ref: Reference, meta: dict[str, object], *, exists: bool) -> None:
+    tag = ref.manifest_ref
+    deny = meta.get("tag_deny_access_patterns")
+    for pattern in _patterns(deny.get("push") if isinstance(deny, dict) else None):
+        if _matches(pattern, tag):
+            raise AuthError(
+                f"tag {ref.name}:{tag} is protected (rule {pattern!r}) and this token may not "
+                "push it: push from a pipeline the rule allows (GitLab: Settings > Packages and "
+                "registries > Protected container tags), or use another tag"
+            )
+    for pattern in _patterns(meta.get("tag_immutable_patterns")):
+        if exists and _matches(pattern, tag):
+            raise RegistryError(
+                f"tag {ref.name}:{tag} is immutable (rule {pattern!r}) and holds another image: "
+                "push a new tag instead"
+            )
+
+
+def _patterns(value: object) -> list[str]:
+    return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
+
+
+def _matches(pattern: str, tag: str) -> bool:
+    """GitLab matches tag rules as unanchored RE2 patterns; one Python cannot read is skipped."""
+    try:
+        return re.search(pattern, tag) is not None
+    except re.error:
+        return False
 
 
 def tag_names(refs: Sequence[Reference]) -> tuple[str, ...]:

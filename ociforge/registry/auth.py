@@ -10,6 +10,7 @@ module does no I/O and the client can route it through its retries and error map
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -157,6 +158,9 @@ class _Token:
     expires_at: float
 
 
+_MAX_CLAIMS = 64 * 1024  # base64 characters of a token payload we read
+
+
 class Authenticator:
     """Decides the ``Authorization`` header of each request; thread-safe.
 
@@ -214,6 +218,23 @@ class Authenticator:
         merged = merge_scopes(scopes, chosen.scopes)
         # An anonymous token for no scope at all grants nothing (GitLab even answers 403).
         return merged if merged or creds is not None else None
+
+    def token_claims(self, scopes: Sequence[str]) -> dict[str, object] | None:
+        """The payload of the cached bearer token covering ``scopes``, if it is a JWT.
+
+        Not verified: the registry decides with it, and we only read what it will decide
+        (GitLab's protected and immutable tag patterns) to fail before uploading anything.
+        """
+        with self._lock:
+            token = next((t for t in self._tokens if _covers(t.scopes, scopes)), None)
+        parts = token.value.split(".") if token is not None else []
+        if len(parts) != 3 or len(parts[1]) > _MAX_CLAIMS:
+            return None
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except ValueError:
+            return None
+        return claims if isinstance(claims, dict) else None
 
     def _token(self, challenge: Challenge, scopes: Sequence[str]) -> str:
         if not challenge.realm:

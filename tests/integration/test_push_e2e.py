@@ -352,3 +352,43 @@ def test_chunk_size_and_jobs_give_the_same_image(
     assert len(patches) >= 50
     assert push("jobs1", registry.host, "--jobs", "1") == chunked
     copy_to_layout(skopeo_env, f"{registry.host}/{repo_name}-chunked:t", tmp_path / "copy")
+
+
+@pytest.mark.parametrize(
+    ("rules", "needle", "code"),
+    [
+        ({"push_denied": ("^v[0-9]+",)}, "is protected (rule '^v[0-9]+')", 6),
+        ({"immutable": ("^v1$",)}, "is immutable (rule '^v1$')", 5),
+    ],
+    ids=["protected", "immutable"],
+)
+def test_a_tag_the_registry_will_refuse_fails_before_any_upload(
+    closure: BuiltClosure,
+    token_registry: TokenRegistry,
+    home: Path,
+    skopeo_env: dict[str, str],
+    rules: dict[str, tuple[str, ...]],
+    needle: str,
+    code: int,
+) -> None:
+    """GitLab puts its protected and immutable tag rules in the job's token: a tag the
+    registry will refuse fails at once, naming tag and rule, and no other tag moves."""
+    env = gitlab_env(home, token_registry)
+    image = f"{env['CI_REGISTRY_IMAGE']}/app"
+    before = ociforge("push", closure["busybox"], f"{image}:v1", f"{image}:latest", env=env)
+    assert before.code == 0, before.explain()
+    token_registry.tokens.protect_tags(token_registry.project, **rules)
+    uploads = len(token_registry.registry.log_text().splitlines())
+    run = ociforge("push", closure[APP], f"{image}:latest", f"{image}:v1", env=env)
+    assert run.code == code, run.explain()
+    assert needle in run.one_line_error() and f"{image}:v1" in run.one_line_error()
+    log = token_registry.registry.log_text().splitlines()[uploads:]
+    repo = f"/v2/{token_registry.project}/app/"
+    writes = [line for line in log if repo in line and any(m in line for m in WRITES)]
+    assert writes == [], writes
+    for tag in ("latest", "v1"):
+        held = inspect_digest(skopeo_env, f"{image}:{tag}", *reader_creds(token_registry))
+        assert held == before.pushed()[f"{image}:{tag}"]
+
+
+WRITES = ('"POST ', '"PATCH ', '"PUT ')

@@ -35,6 +35,7 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 from urllib.parse import parse_qs, urlsplit
@@ -84,9 +85,19 @@ class Access:
     type: str
     name: str
     actions: tuple[str, ...]
+    # GitLab's per-project metadata: protected (tag_deny_access_patterns) and immutable
+    # (tag_immutable_patterns) tag rules, which its registry enforces with the token.
+    meta: tuple[tuple[str, object], ...] = ()
 
     def as_claim(self) -> dict[str, object]:
-        return {"type": self.type, "name": self.name, "actions": list(self.actions)}
+        claim: dict[str, object] = {
+            "type": self.type,
+            "name": self.name,
+            "actions": list(self.actions),
+        }
+        if self.meta:
+            claim["meta"] = dict(self.meta)
+        return claim
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class _State:
     accounts: list[Account] = field(default_factory=list)
     anonymous_grants: list[Grant] = field(default_factory=list)
     requests: list[TokenRequest] = field(default_factory=list)
+    tag_rules: dict[str, tuple[tuple[str, object], ...]] = field(default_factory=dict)
 
 
 class TokenServer(LoopbackApp):
@@ -166,6 +178,26 @@ class TokenServer(LoopbackApp):
         with self._lock:
             self._state.anonymous_grants.append(grant)
 
+    def protect_tags(
+        self, project: str, *, push_denied: tuple[str, ...] = (), immutable: tuple[str, ...] = ()
+    ) -> None:
+        """GitLab protected / immutable container tag rules of ``project``, in its tokens."""
+        meta: dict[str, object] = {"project_path": project}
+        if push_denied:
+            meta["tag_deny_access_patterns"] = {"push": list(push_denied)}
+        if immutable:
+            meta["tag_immutable_patterns"] = list(immutable)
+        with self._lock:
+            self._state.tag_rules[project] = tuple(meta.items())
+
+    def _with_rules(self, granted: tuple[Access, ...]) -> tuple[Access, ...]:
+        with self._lock:
+            rules = dict(self._state.tag_rules)
+        return tuple(
+            dataclasses.replace(a, meta=rules[p]) if (p := _project_of(a.name, rules)) else a
+            for a in granted
+        )
+
     @property
     def lifetime(self) -> int:
         """``exp - iat`` of new tokens, in seconds (may be negative, see the module doc)."""
@@ -187,6 +219,7 @@ class TokenServer(LoopbackApp):
             self._state.lifetime = GITLAB_TOKEN_LIFETIME
             self._state.requests.clear()
             self._state.anonymous_grants.clear()
+            self._state.tag_rules.clear()
 
     @property
     def requests(self) -> list[TokenRequest]:
@@ -237,6 +270,10 @@ class TokenServer(LoopbackApp):
     def _record(self, request: TokenRequest) -> None:
         with self._lock:
             self._state.requests.append(request)
+
+
+def _project_of(repository: str, rules: Mapping[str, object]) -> str | None:
+    return next((p for p in rules if Grant(p, frozenset()).covers(repository)), None)
 
 
 def grant_access(scopes: list[str], grants: tuple[Grant, ...]) -> tuple[Access, ...]:
@@ -328,7 +365,7 @@ class _Handler(LoopbackHandler):
         elif account is None and not scopes:
             status, body = 403, _errors("DENIED", "access forbidden")
         else:
-            granted = grant_access(scopes, self.app._grants_for(account))
+            granted = self.app._with_rules(grant_access(scopes, self.app._grants_for(account)))
             subject = account.username if account is not None else ""
             token = self.app.issue_token(subject, granted)
             note = dataclasses.replace(note, granted=granted)

@@ -519,3 +519,16 @@ def test_one_session_pushes_several_images_with_one_token(images: Images) -> Non
     # The three libraries' layers went up once; the second image sent only what differs.
     outcomes = [b.outcome for b in second.blobs]
     assert outcomes.count("uploaded") == 2 and outcomes.count("skipped") == 3, outcomes
+
+
+def test_a_refused_later_tag_names_what_moved_and_what_did_not(images: Images) -> None:
+    world = World(images)
+    world.seed(images.previous, TAG, f"registry.test/{REPO}:stable")
+    refused = Fault("PUT", r"/manifests/stable$", registry_error(403, "DENIED", "tag is protected"))
+    with pytest.raises(ociforge.AuthError) as info:
+        world.push(around(world.fake, refused), tags=(TAG, f"registry.test/{REPO}:stable"))
+    message = str(info.value)
+    assert f"tags updated: registry.test/{REPO}:latest" in message
+    assert f"not updated: registry.test/{REPO}:stable" in message
+    assert world.manifest("latest") != world.old_manifests["latest"]  # it did move
+    assert world.manifest("stable") == world.old_manifests["stable"]
