@@ -39,7 +39,7 @@ from ociforge.sinks import (
     write_docker_archive,
     write_oci,
 )
-from ociforge.source import ImageSource, SourceSpec, parse_source
+from ociforge.source import ImageSource, LayoutRef, SourceSpec, parse_source
 from ociforge.source import load_source as _load_spec
 from ociforge.tarstream import TarOptions
 from ociforge.trust import TrustKeys, generate_key, trust_from_environment
@@ -199,6 +199,7 @@ def push(
     )
     with PushSession(refs[0].registry, reg, on_event) as session:
         if spec.layout is not None:
+            _no_image_options(spec.layout, options)
             return session.push_layout(spec.layout, refs)
         opts = options or ImageOptions()
         # Made while the registry is asked what the tags hold: nix and the round trips overlap.
@@ -237,6 +238,24 @@ def load_trust(
     return trust_from_environment(
         os.environ, signing_key_file=signing_key_file, trusted_key_files=trusted_key_files
     )
+
+
+def _no_image_options(layout: LayoutRef, options: ImageOptions | None) -> None:
+    """An image built before is pushed byte for byte: options that would change it are refused,
+    not silently ignored."""
+    if options is None:
+        return
+    default = ImageOptions()
+    changed = [
+        f.name
+        for f in dataclasses.fields(ImageOptions)
+        if f.compare and getattr(options, f.name) != getattr(default, f.name)
+    ]
+    if changed:
+        raise UsageError(
+            f"{layout} is pushed as it was built: drop the image options "
+            f"({', '.join(changed)}), or push the installable to apply them"
+        )
 
 
 def _destinations(

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ociforge.api import (
     EPOCH_PLUS_ONE,
@@ -374,6 +375,25 @@ def build_command(args: tuple[str, ...], **kw: Any) -> None:
     _run(kw["debug"], action)
 
 
+def _image_flags_given() -> bool:
+    ctx = click.get_current_context()
+    image = {p.name for option in _IMAGE_OPTIONS for p in _params_of(option)}
+    return any(
+        ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+        for name in image
+        if name not in ("closure_json", "nix_bin", "devshell", "contents")  # source, not image
+    )
+
+
+def _params_of(option: Callable[[Any], Any]) -> list[click.Parameter]:
+    """The click parameters an option decorator adds (applied to a scratch function)."""
+
+    def scratch() -> None: ...
+
+    option(scratch)
+    return list(getattr(scratch, "__click_params__", []))
+
+
 def _installable_and_target(
     args: tuple[str, ...], closure_json: str | None
 ) -> tuple[str | None, str]:
@@ -539,7 +559,8 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
 
     def action() -> None:
         source, dests = _source_and_destinations(args, kw["closure_json"])
-        options = options_from_cli(kw)
+        # Only options the user gave: an oci: source refuses them (it is pushed as it is).
+        options = options_from_cli(kw) if _image_flags_given() else None
         registry = _registry_options(kw)
         if kw["dry_run"]:
             _report_preview(

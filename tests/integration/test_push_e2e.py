@@ -392,3 +392,30 @@ def test_a_tag_the_registry_will_refuse_fails_before_any_upload(
 
 
 WRITES = ('"POST ', '"PATCH ', '"PUT ')
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--env", "A=1"], "runtime"), (["--strategy", "auto"], "strategy")],
+)
+def test_image_options_with_an_oci_source_are_refused_not_ignored(
+    closure: BuiltClosure,
+    registry: RegistryServer,
+    repo_name: str,
+    home: Path,
+    tmp_path: Path,
+    flags: list[str],
+    named: str,
+) -> None:
+    layout = f"oci:{tmp_path}/built:t"
+    built = subprocess.run(
+        [sys.executable, "-m", "ociforge", "build", closure["busybox"], layout],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    dest = f"{registry.host}/{repo_name}:latest"
+    run = ociforge("push", layout, dest, *flags, env=cli_env(home))
+    assert run.code == 2, run.explain()
+    assert named in run.one_line_error() and "pushed as it was built" in run.one_line_error()
+    plain = ociforge("push", layout, dest, env=cli_env(home))
+    assert plain.code == 0, plain.explain()
