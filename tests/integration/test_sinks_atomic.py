@@ -1,6 +1,6 @@
 """`ociforge build` never leaves a broken image where a good one was, and says why it failed.
 
-Real CLI runs that fail mid-way (a store path that vanished, a full file system, a bad
+Real CLI runs that fail mid-way (a store path that cannot be archived, a full file system, a bad
 NAME:TAG), checked with skopeo where an image should be readable. The full file system is a
 512 KiB tmpfs mounted for the test (root in these sandboxes may mount one).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,8 +32,10 @@ def closure(tmp_path_factory: pytest.TempPathFactory) -> BuiltClosure:
 
 
 @pytest.fixture(scope="module")
-def vanished(closure: BuiltClosure, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved closure whose root refers to a store path that no longer exists."""
+def vanished(closure: BuiltClosure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A saved closure whose root refers to a store path that cannot be archived: it passes
+    the checks made before anything is written (a store path of this store, present), and the
+    build fails mid-way, on a FIFO no real store holds."""
     info = json.loads(
         subprocess.run(
             [*PATH_INFO, closure["busybox"]],
@@ -44,7 +47,12 @@ def vanished(closure: BuiltClosure, tmp_path_factory: pytest.TempPathFactory) ->
     info.append({"path": GONE, "narHash": "sha256-" + "A" * 43 + "=", "narSize": 8})
     saved = tmp_path_factory.mktemp("vanished") / "closure.json"
     saved.write_text(json.dumps(info))
-    return saved
+    Path(GONE).mkdir()
+    os.mkfifo(Path(GONE) / "pipe")
+    try:
+        yield saved
+    finally:
+        shutil.rmtree(GONE)
 
 
 @pytest.fixture
