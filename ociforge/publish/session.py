@@ -101,6 +101,8 @@ class PushSession:
                 ca_file=opts.ca_file,
                 retries=opts.retries,
                 backoff=opts.backoff,
+                timeout=opts.push_timeout(),
+                stall_timeout=opts.stall_timeout,
                 transport=opts.transport,
                 on_event=self.on_event,
             )
