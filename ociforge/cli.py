@@ -309,7 +309,9 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
         # os._exit: upload threads blocked in a request would be joined at exit until they
         # time out; everything that must happen (sessions deleted, nix stopped) has happened.
         _exit_now(f"ociforge: interrupted by {interrupted.signal_name}", interrupted.exit_code)
-    except (BrokenPipeError, _NoStdout):
+    except _NoStdout:
+        _fail("ociforge: error: standard output is closed: nothing was done", 1, debug)
+    except BrokenPipeError:
         _stdout_closed()
     except Exception as exc:  # a bug of ours: still one line, the traceback under --debug
         message = f"ociforge: internal error: {type(exc).__name__}: {exc}"
@@ -317,7 +319,8 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
 
 
 class _NoStdout(Exception):
-    """Standard output was closed before ociforge started (``>&-``)."""
+    """Standard output was closed before ociforge started (``>&-``): where the result (or
+    the image, for ``docker-archive:-``) would go is missing, so nothing is started."""
 
 
 @contextlib.contextmanager
@@ -331,7 +334,8 @@ def _stop_on_signals() -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if received:
+        if received:  # the first one is still being handled: nix gets no grace now
+            terminate_children(grace=0)
             _exit_now(f"ociforge: {name} again: stopped at once", 128 + received[0])
         received.append(signum)
         terminate_children()  # before anything waits for nix to end

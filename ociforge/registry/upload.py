@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Literal
 
@@ -257,8 +257,9 @@ def upload_all(
             raise
 
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ociforge-push")
-    futures = [pool.submit(push, job) for job in jobs]
-    try:
+    futures: list[Future[BlobResult]] = []
+    try:  # submitting too: the first jobs run (and may be interrupted) while others queue
+        futures += [pool.submit(push, job) for job in jobs]
         for future in as_completed(futures):
             future.result()
     except Exception as error:
