@@ -27,6 +27,7 @@ from ociforge.events import ProgressCallback, ignore_event
 from ociforge.image.config import EPOCH_PLUS_ONE, RuntimeConfig, check_created, parse_env_items
 from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
+from ociforge.nix.runner import terminate_children
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
 from ociforge.publish.options import check_destinations
 from ociforge.reference import Reference, parse_reference
@@ -70,6 +71,7 @@ __all__ = [
     "parse_reference",
     "preview",
     "push",
+    "terminate_children",
 ]
 
 Source = str | Closure | SourceSpec | None

@@ -4,20 +4,25 @@ Known errors become one line on stderr and the error's exit code; ``--debug`` sh
 and debug logs (which never contain secrets: the library redacts before it logs).
 
 Exit codes: 0 success, 1 unexpected error, 2 usage (bad option, input or reference), 3 nix
-failed, 4 image could not be assembled or written, 5 registry error, 6 authentication error.
+failed, 4 image could not be assembled or written, 5 registry error, 6 authentication error,
+130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -45,8 +50,9 @@ from ociforge.api import (
     parse_reference,
     preview,
     push,
+    terminate_children,
 )
-from ociforge.errors import OciforgeError, UsageError
+from ociforge.errors import Interrupted, OciforgeError, UsageError
 from ociforge.progress import MODES, ProgressDisplay
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -313,29 +319,86 @@ def _essentials(kw: dict[str, Any]) -> EssentialsOptions:
 
 
 def _run(debug: bool, action: Callable[[], None]) -> None:
+    """Run a command: every way it can end is one line on stderr and an exit code (and,
+    with ``--debug``, the traceback before that line; the exit code stays the same)."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="ociforge: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        action()
+        with _stop_on_signals():
+            action()
+            sys.stdout.flush()  # a closed pipe shows here, not at exit as a Python warning
     except OciforgeError as exc:
-        if debug:
-            raise
-        click.echo(f"ociforge: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("ociforge: interrupted", err=True)
-        sys.exit(130)
+        _fail(f"ociforge: error: {exc}", exc.exit_code, debug)
+    except KeyboardInterrupt as exc:
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted("SIGINT", signal.SIGINT)
+        terminate_children()
+        # os._exit: upload threads blocked in a request would be joined at exit until they
+        # time out; everything that must happen (sessions deleted, nix stopped) has happened.
+        _exit_now(f"ociforge: interrupted by {interrupted.signal_name}", interrupted.exit_code)
+    except _NoStdout:
+        _fail("ociforge: error: standard output is closed: nothing was done", 1, debug)
+    except BrokenPipeError:
+        _stdout_closed()
     except Exception as exc:  # a bug of ours: still one line, the traceback under --debug
-        if debug:
-            raise
-        click.echo(
-            f"ociforge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-            err=True,
-        )
-        sys.exit(1)
+        message = f"ociforge: internal error: {type(exc).__name__}: {exc}"
+        _fail(message + ("" if debug else " (run with --debug for details)"), 1, debug)
+
+
+class _NoStdout(Exception):
+    """Standard output was closed before ociforge started (``>&-``): where the result (or
+    the image, for ``docker-archive:-``) would go is missing, so nothing is started."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the command: the first one stops nix and raises
+    :class:`Interrupted` where the main thread is (uploads delete their sessions on the way
+    out, tags are never moved after it); a second one exits at once."""
+    if sys.stdout is None:
+        raise _NoStdout
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if received:  # the first one is still being handled: nix gets no grace now
+            terminate_children(grace=0)
+            _exit_now(f"ociforge: {name} again: stopped at once", 128 + received[0])
+        received.append(signum)
+        terminate_children()  # before anything waits for nix to end
+        raise Interrupted(name, signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(line: str, code: int, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _stdout_closed() -> NoReturn:
+    # Whoever reads our stdout has gone (`| head -0`) or it was never open: the work is done
+    # but its result could not be printed. Later writes to it must not fail again at exit.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    _exit_now("ociforge: error: standard output is closed: the result could not be printed", 1)
+
+
+def _exit_now(line: str, code: int) -> NoReturn:
+    """One line on stderr, then exit without running atexit handlers or joining threads."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -486,6 +549,7 @@ def _registry_options(kw: dict[str, Any]) -> RegistryOptions:
         jobs=kw["jobs"],
         chunk_size=parse_size(kw["chunk_size"], "--chunk-size") if kw["chunk_size"] else None,
         mount_from=kw["mount_from"],
+        timeout=kw["timeout"],
         **({"cache_dir": None} if kw["no_cache"] else _given(cache_dir=kw["cache_dir"])),
         cache_from=tuple(parse_reference(r) for r in kw["cache_from"]),
     )
@@ -514,6 +578,13 @@ _REGISTRY_OPTIONS = [
         "--chunk-size",
         help="Upload in PATCH chunks of this size (e.g. 10MB) for "
         "registries or proxies that cap request size.",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="Give up on the registry after this long (default: in GitLab CI what is left of "
+        "the job's timeout minus a margin, else 3600).",
     ),
     click.option(
         "--mount-from",

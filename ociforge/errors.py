@@ -7,8 +7,12 @@
     ├── NixError                  nix is missing, a build failed, path-info could not be read
     ├── ImageError                a closure or layout could not be turned into an image
     │   └── DigestMismatchError   bytes did not hash to the digest they were expected to have
+    │       └── RegistryDigestError   ... because a registry answered so (also a RegistryError)
     └── RegistryError             a registry (or a proxy in front of it) refused a request
         └── AuthError             credentials missing, rejected or insufficient for the scope
+
+Interrupted is no OciforgeError: like KeyboardInterrupt, of which it is a kind, it is a request
+to stop, not a failure; it carries the signal (SIGINT or SIGTERM) and so the exit code.
 
 Each error's ``str()`` is one line a user can act on. ``exit_code`` is what the CLI exits with.
 Third-party exceptions (httpx, subprocess, OSError) are mapped to this tree at the module that
@@ -83,7 +87,31 @@ class RegistryError(OciforgeError):
         self.retry_after = retry_after
 
 
+class RegistryDigestError(DigestMismatchError, RegistryError):
+    """A registry's answer contradicts a digest: its bytes or its ``Docker-Content-Digest``.
+
+    A mismatch (whoever catches DigestMismatchError still does) whose fault is the registry's
+    or a proxy's, not the image's: so it exits like every registry error, 5, not 4. Final:
+    asking again would get the same answer.
+    """
+
+    exit_code = 5
+
+    def __init__(self, what: str, expected: str, actual: str, *, url: str = "") -> None:
+        super().__init__(what, expected, actual)
+        self.url = url
+
+
 class AuthError(RegistryError):
     """Authentication failed or the credentials lack the needed scope."""
 
     exit_code = 6
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked ociforge to stop; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = 128 + signal_number

@@ -17,19 +17,28 @@ adapts to the version it finds:
 ``nix build --no-link --json`` is used to build: it works on every version (Nix 2.8 has no
 ``--print-out-paths``). Nix's stderr is logged at DEBUG as it arrives; when nix fails, its own
 error line (ANSI colours stripped) ends up in a one-line :class:`NixError`.
+
+Every nix is recorded while it runs. It stays in ociforge's process group, so the terminal's
+Ctrl-C reaches it as it reaches ociforge (a library caller gets nothing worse than before); a
+signal sent to ociforge's pid alone (``kill``, a CI runner cancelling the job) would orphan it,
+so the front end forwards it with :func:`terminate_children` when it is asked to stop: nix
+(which stops its own builders on SIGTERM) goes down with ociforge, never after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -50,6 +59,9 @@ EXPERIMENTAL_FEATURES: tuple[str, ...] = ("--extra-experimental-features", "nix-
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 _STDERR_TAIL = 200
+# The children running now; a set guarded by a lock, as nix runs on a planning thread.
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.RLock()  # re-entered by a signal handler on the starting thread
 
 
 @dataclass(frozen=True)
@@ -291,15 +303,10 @@ def _system_args(system: str | None) -> list[str]:
 
 def _run_streaming(argv: Sequence[str]) -> tuple[int, bytes, str]:
     """Run ``argv``; log stderr lines as they come; return (code, stdout, last stderr lines)."""
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as e:
-        raise NixError(f"cannot run {argv[0]}: {e.strerror or e}; is Nix installed?") from None
+    proc = _start(argv)
     chunks: list[bytes] = []
     tail: deque[str] = deque(maxlen=_STDERR_TAIL)
-    with proc:  # closes both pipes and reaps nix whatever happens
+    with _recorded(proc), proc:  # closes both pipes and reaps nix whatever happens
         stdout, stderr = proc.stdout, proc.stderr
         if stdout is None or stderr is None:  # cannot happen with PIPE; keeps mypy exact
             raise NixError(f"cannot read the output of {argv[0]}")
@@ -312,6 +319,56 @@ def _run_streaming(argv: Sequence[str]) -> tuple[int, bytes, str]:
             logger.debug("nix: %s", line)
         reader.join()
     return proc.returncode, b"".join(chunks), "\n".join(tail)
+
+
+def _start(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    try:
+        with _children_lock:  # started and recorded as one step: terminate_children sees it
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            _children.add(proc)
+    except OSError as e:
+        raise NixError(f"cannot run {argv[0]}: {e.strerror or e}; is Nix installed?") from None
+    return proc
+
+
+@contextlib.contextmanager
+def _recorded(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+
+
+def terminate_children(grace: float = 1.0) -> int:
+    """Stop every nix still running: SIGTERM (nix stops its builders and exits), then SIGKILL
+    for one still there after ``grace`` seconds. Returns how many were running.
+
+    Safe to call from a signal handler in the main thread while nix runs on another one.
+    """
+    with _children_lock:
+        running = [p for p in _children if p.poll() is None]
+    for proc in running:
+        _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.debug("nix %d ignored SIGTERM for %.1fs: killing it", proc.pid, grace)
+            _signal(proc, signal.SIGKILL)
+    return len(running)
+
+
+def _signal(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    # send_signal is a no-op once the process was reaped; it may exit between check and kill.
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signum)
 
 
 def _read_into(pipe: IO[bytes], chunks: list[bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from ociforge.image.documents import Descriptor
 from ociforge.publish.cache import default_cache_dir
 from ociforge.publish.reuse import LayerPreview
 from ociforge.reference import Reference
-from ociforge.registry import Credentials, Transport, repository_scope
+from ociforge.registry import Credentials, Transport, default_timeout, repository_scope
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class RegistryOptions:
     # doubled at each attempt (a registry's Retry-After wins).
     retries: int = 5
     backoff: float = 0.5
+    # The deadline of the whole push, seconds (--timeout); None: what is left of the GitLab
+    # job minus a margin, else an hour (registry.deadline). stall_timeout: no byte moving
+    # either way for that long fails a request as temporary (the retry policy takes it).
+    timeout: float | None = None
+    stall_timeout: float = 60.0
     env: Mapping[str, str] | None = None  # default: os.environ (credential chain)
     home: Path | None = None
     # Local layer cache (default: $OCIFORGE_CACHE_DIR or the XDG cache dir); None disables it
@@ -47,6 +53,16 @@ class RegistryOptions:
             raise UsageError(f"--chunk-size must be positive, got {self.chunk_size!r}")
         if self.retries < 0:
             raise UsageError(f"retries must not be negative, got {self.retries!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout must be positive, got {self.timeout!r}")
+        if not self.stall_timeout > 0:
+            raise UsageError(f"stall_timeout must be positive, got {self.stall_timeout!r}")
+
+    def push_timeout(self) -> float:
+        """The deadline in seconds: ``timeout``, or the default for this environment."""
+        if self.timeout is not None:
+            return self.timeout
+        return default_timeout(os.environ if self.env is None else self.env)
 
     def scopes(self, refs: Sequence[Reference]) -> list[str]:
         """One scope set for a push: push on every destination, pull on every source."""

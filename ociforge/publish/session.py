@@ -113,6 +113,8 @@ class PushSession:
                 ca_file=opts.ca_file,
                 retries=opts.retries,
                 backoff=opts.backoff,
+                timeout=opts.push_timeout(),
+                stall_timeout=opts.stall_timeout,
                 transport=opts.transport,
                 on_event=self.on_event,
             )
@@ -300,12 +302,12 @@ class PushSession:
         try:
             uploaded = iter(self._upload(repo, jobs))
             results = [there[i] if i in there else next(uploaded) for i in range(len(plan.layers))]
-        except DigestMismatchError:
+        except DigestMismatchError as error:
             # A known digest that the layer does not reproduce: the knowledge was stale. Forget
             # it and push again trusting only what the streams compute. A mismatch without
-            # stale knowledge (the registry names the blob otherwise) would only repeat: final.
+            # stale knowledge, or one the registry reported, would only repeat: final.
             stale = streams.keys() & known.keys()
-            if not stale:
+            if not stale or isinstance(error, RegistryError):
                 raise
             for key in stale:
                 if self.cache is not None:

@@ -11,11 +11,19 @@ session's state is unknown, and the robust unit of retry is the whole blob in a 
 A request that was repeated in place until ``retries`` ran out has had its budget: callers
 must not start it over (a blob restart after it would multiply the budget). A ``cancel``
 event stops the retry loop: no request starts once it is set, and backoff waits end early.
+
+Nothing a registry sends is trusted to end. Two clocks bound it: ``stall_timeout`` (no byte
+moving either way for that long: a temporary error, handled by the retry policy like any other)
+and ``timeout``, the deadline of everything this client does (no request starts after it, each
+socket wait is cut to it, and a body still trickling in or out is dropped at it: a final error).
+Every body is read as a stream against a size limit (``max_body``; 64 KiB of an error page),
+refused before reading when its Content-Length is over it and never buffered past it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 import time
@@ -29,6 +37,7 @@ from ociforge.events import BlobRetry, Message, ProgressCallback, ignore_event
 from ociforge.registry.auth import Authenticator
 from ociforge.registry.credentials import Credentials
 from ociforge.registry.responses import (
+    ERROR_BODY_LIMIT,
     check_response,
     error_from_exception,
     error_from_response,
@@ -40,7 +49,12 @@ log = logging.getLogger(__name__)
 
 Body = bytes | Iterable[bytes] | None
 Transport = httpx.BaseTransport  # what RegistryClient talks through (the test seam)
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+DEFAULT_STALL_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 15.0
+ABORT_TIMEOUT = 1.0  # a best-effort request of a push that is stopping (DELETE of a session)
+DEFAULT_BODY_LIMIT = 1 << 20  # an answer that is no document (ping, upload steps)
+TOKEN_BODY_LIMIT = 1 << 20
+_MAX_REDIRECTS = 5
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Docker Hub's references say docker.io; its API lives elsewhere.
 _API_HOSTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
@@ -71,7 +85,8 @@ class RegistryClient:
         backoff: float = 0.5,
         max_wait: float = 60.0,
         on_event: ProgressCallback = ignore_event,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,13 +98,18 @@ class RegistryClient:
         self.max_wait = max_wait
         self.on_event = on_event
         self.sleep = sleep
+        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self._clock = clock
+        self.deadline = None if timeout is None else clock() + timeout
         self.auth = Authenticator(credentials, self._fetch_token, clock=clock)
+        self.uploads = OpenUploads()
         install_log_redaction()
         self._http = httpx.Client(
             transport=transport or _plain_transport(),
             mounts=None if transport else {"https://": _tls_transport(ca_file)},
-            timeout=timeout,
-            headers={"User-Agent": USER_AGENT},
+            # Identity: a compressed body could expand past any limit within one read.
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
 
     def close(self) -> None:
@@ -132,12 +152,14 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
         cancel: threading.Event | None = None,
+        max_body: int = DEFAULT_BODY_LIMIT,
     ) -> httpx.Response:
         """Send one request; raise RegistryError/AuthError unless the status is expected.
 
         A temporary failure is repeated in place, ``retries`` times at most, unless ``retry``
         is false (a best-effort request) or the request cannot be repeated (see
-        :meth:`repeats_in_place`). Once ``cancel`` is set nothing more is sent.
+        :meth:`repeats_in_place`). Once ``cancel`` is set nothing more is sent. A successful
+        answer's body longer than ``max_body`` bytes is an error (see the module doc).
         """
         target = self.url(url) if isinstance(url, str) else url
         streamed = content is not None and not isinstance(content, bytes)
@@ -145,12 +167,19 @@ class RegistryClient:
         attempt = 0
         while True:
             _stop_if_cancelled(cancel, f"{method} {redact_url(target)} not sent")
+            self.check_deadline(f"{method} {target.path} was not sent")
             try:
-                outgoing = self._build(method, target, headers, content)
+                outgoing = self._build(method, target, headers, content, self._timeouts())
                 response = self._send(
-                    outgoing, scopes if authenticate else None, streamed, follow_redirects
+                    outgoing,
+                    scopes if authenticate else None,
+                    streamed,
+                    follow_redirects,
+                    max_body,
                 )
-                check_response(response, expect=expect, auth_hint=self.auth_hint(), now=time.time())
+                check_response(
+                    response, expect=expect, auth_hint=self.auth_hint(target), now=time.time()
+                )
                 return response
             except RegistryError as error:
                 attempt += 1
@@ -200,6 +229,10 @@ class RegistryClient:
         ``restart`` means the blob ``key`` is sent again from byte 0 (BlobRetry: its progress
         restarts); a request repeated in place sends no blob bytes again and is only a Message.
         """
+        left = self.remaining()
+        if left is not None and wait >= left:
+            # Waiting would end after the deadline: say now what kept failing.
+            raise self._past_deadline(f"the last try failed ({error})")
         log.info("retry %d/%d in %.1fs: %s", attempt, self.retries, wait, error)
         if restart and key is not None:
             self.on_event(BlobRetry(key, attempt, str(error)))
@@ -209,6 +242,49 @@ class RegistryClient:
             self.on_event(Message(text))
         self._pause(wait, cancel)
         _stop_if_cancelled(cancel, f"{key or error.method or 'request'} not retried")
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (negative once past it), None without one."""
+        return None if self.deadline is None else self.deadline - self._clock()
+
+    def check_deadline(self, what: str) -> None:
+        """RegistryError (final) once the deadline has passed; ``what`` says what stopped."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise self._past_deadline(what)
+
+    def _past_deadline(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"gave up on {self.registry} after {self.timeout:g} s (--timeout): {what}",
+            temporary=False,
+        )
+
+    def abort_request(self, method: str, url: httpx.URL, scopes: Sequence[str]) -> None:
+        """One try of a best-effort request for a push that is stopping: past the deadline
+        and after a cancel too, but waiting at most ABORT_TIMEOUT per step, never retried."""
+        timeouts = httpx.Timeout(ABORT_TIMEOUT)
+        try:
+            request = self._build(method, url, _OCTET_HEADERS, None, timeouts)
+            sent = self.auth.authorization(scopes) if self._own(url) else None
+        except (RegistryError, httpx.HTTPError) as error:
+            log.debug("%s %s not sent: %s", method, redact_url(url), error)
+            return
+        if sent is not None:
+            request.headers["Authorization"] = sent
+        try:
+            response = self._http.send(request, stream=True)
+            response.close()
+            log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
+        except httpx.HTTPError as exc:
+            log.debug("%s %s failed: %s", method, redact_url(url), type(exc).__name__)
+
+    def _timeouts(self) -> httpx.Timeout:
+        """Per socket wait: the stall timeout, cut to what is left before the deadline."""
+        stall = self.stall_timeout
+        left = self.remaining()
+        if left is not None:
+            stall = max(0.001, min(stall, left))
+        return httpx.Timeout(stall, connect=min(CONNECT_TIMEOUT, stall))
 
     def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
         if self.sleep is not None:
@@ -242,8 +318,18 @@ class RegistryClient:
             url = url.copy_with(scheme=base.scheme, port=base.port)
         return url
 
-    def auth_hint(self) -> str:
+    def auth_hint(self, url: httpx.URL | None = None) -> str:
+        """What to do about a refusal of ``url`` (a registry or token service URL)."""
         creds = self.auth.credentials
+        foreign = foreign_repositories(creds, url) if url is not None else []
+        if creds is not None and creds.ci_project and foreign:
+            return (
+                f"{', '.join(foreign)} is outside this job's project: the CI job token can only "
+                f"push to its own project (CI_PROJECT_PATH={creds.ci_project}); for another "
+                "project add this project to its job token allowlist (Settings > CI/CD > Job "
+                "token permissions) for pulls, or use a deploy token / access token with "
+                "write_registry via OCIFORGE_USERNAME/OCIFORGE_PASSWORD"
+            )
         if creds is None:
             return (
                 f"no credentials found for {self.registry}: use --username/--password-stdin, "
@@ -255,12 +341,23 @@ class RegistryClient:
         )
 
     def _build(
-        self, method: str, url: httpx.URL, headers: Mapping[str, str] | None, content: Body
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: Mapping[str, str] | None,
+        content: Body,
+        timeouts: httpx.Timeout,
     ) -> httpx.Request:
         try:
-            return self._http.build_request(method, url, headers=headers, content=content)
+            return self._http.build_request(
+                method, url, headers=headers, content=content, timeout=timeouts
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise error_from_exception(exc, method, url) from None
+
+    def _own(self, url: httpx.URL) -> bool:
+        base = self.base_url
+        return (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
 
     def _send(
         self,
@@ -268,22 +365,18 @@ class RegistryClient:
         scopes: Sequence[str] | None,
         streamed: bool,
         follow_redirects: bool,
+        max_body: int,
     ) -> httpx.Response:
         """Send with credentials for our own origin; answer one 401 challenge if repeatable.
 
         ``scopes`` None means unauthenticated (the token request itself). Credentials never go
         to another origin (a Location or redirect pointing at a storage backend).
         """
-        url, base = request.url, self.base_url
-        own = scopes is not None and (url.scheme, url.host, url.port) == (
-            base.scheme,
-            base.host,
-            base.port,
-        )
+        own = scopes is not None and self._own(request.url)
         sent = self.auth.authorization(scopes or ()) if own else None
         if sent is not None:
             request.headers["Authorization"] = sent
-        response = self._transmit(request, follow_redirects)
+        response = self._transmit(request, follow_redirects, max_body)
         if response.status_code != 401 or not own:
             return response
         challenge = response.headers.get("www-authenticate", "")
@@ -292,25 +385,88 @@ class RegistryClient:
             return response
         if streamed:
             # The body generator is consumed; repeating needs the caller to reopen the stream.
-            error = error_from_response(response, auth_hint=self.auth_hint())
+            hint = self.auth_hint(request.url)
+            error = error_from_response(response, auth_hint=hint)
             error.temporary = True
             raise error
-        log.debug("%s %s: answering the auth challenge", request.method, redact_url(url))
-        response.close()
+        log.debug("%s %s: answering the auth challenge", request.method, redact_url(request.url))
         fresh = self.auth.authorization(repeat_scopes)
         if fresh is not None:
             request.headers["Authorization"] = fresh
-        return self._transmit(request, follow_redirects)
+        return self._transmit(request, follow_redirects, max_body)
 
-    def _transmit(self, request: httpx.Request, follow_redirects: bool) -> httpx.Response:
+    def _transmit(
+        self, request: httpx.Request, follow_redirects: bool, max_body: int
+    ) -> httpx.Response:
+        """Send, follow redirects ourselves (each hop's body bounded too), read the body."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._exchange(request, max_body)
+            following = response.next_request if follow_redirects else None
+            if following is None:
+                return response
+            request = following
+        raise RegistryError(
+            f"{request.url.host} redirected {request.method} {request.url.path} more than "
+            f"{_MAX_REDIRECTS} times",
+            method=request.method,
+            url=redact_url(request.url),
+        )
+
+    def _exchange(self, request: httpx.Request, max_body: int) -> httpx.Response:
         method, url = request.method, request.url
         try:
-            response = self._http.send(request, follow_redirects=follow_redirects)
+            response = self._http.send(request, stream=True)
+            try:
+                body = self._read_body(response, max_body)
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             log.debug("%s %s: %s", method, redact_url(url), type(exc).__name__)
-            raise error_from_exception(exc, method, url) from None
+            raise self._transport_error(exc, method, url) from None
         log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
-        return response
+        return _with_body(response, body)
+
+    def _read_body(self, response: httpx.Response, limit: int) -> bytes:
+        """The body, read as it streams; past ``limit`` bytes an error (a success) or cut (an
+        error page: 64 KiB say all a message can use). Never more than the limit is held."""
+        request = response.request
+        success = response.is_success
+        limit = limit if success else ERROR_BODY_LIMIT
+        declared = response.headers.get("content-length", "")
+        if success and request.method != "HEAD" and declared.isdigit() and int(declared) > limit:
+            raise _too_large(response, f"of {int(declared)} bytes (Content-Length), unread", limit)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                if success:
+                    raise _too_large(response, f"of more than {limit} bytes", limit)
+                del body[limit:]
+                break
+            # A registry trickling its answer moves bytes and never stalls: the deadline ends it.
+            self.check_deadline(
+                f"{request.method} {request.url.path}: the answer was still arriving "
+                f"({len(body)} bytes so far)"
+            )
+        return bytes(body)
+
+    def _transport_error(self, exc: httpx.HTTPError, method: str, url: httpx.URL) -> RegistryError:
+        """A timeout names what stalled, and past the deadline is final; the rest is mapped
+        by :func:`error_from_exception`."""
+        if not isinstance(exc, httpx.TimeoutException):
+            return error_from_exception(exc, method, url)
+        what = _STALLS.get(type(exc), "stalled").format(
+            host=url.netloc.decode("ascii", "replace"), method=method, path=url.path
+        )
+        left = self.remaining()
+        if left is not None and left <= 0:
+            return self._past_deadline(what)
+        return RegistryError(
+            f"{method} {redact_url(url)} failed: {what} for {self.stall_timeout:g} s",
+            method=method,
+            url=redact_url(url),
+            temporary=True,
+        )
 
     def _fetch_token(
         self, realm: str, params: Sequence[tuple[str, str]], basic: str | None
@@ -327,7 +483,11 @@ class RegistryClient:
             )
         headers = {"Authorization": basic} if basic else {}
         response = self.request(
-            "GET", url.copy_merge_params(list(params)), headers=headers, authenticate=False
+            "GET",
+            url.copy_merge_params(list(params)),
+            headers=headers,
+            authenticate=False,
+            max_body=TOKEN_BODY_LIMIT,
         )
         try:
             answer = response.json()
@@ -336,6 +496,83 @@ class RegistryClient:
         if not isinstance(answer, dict):
             raise AuthError(f"token service {redact_url(url)} answered something that is not JSON")
         return answer
+
+
+_REPO_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/(?:blobs|manifests)/")
+_OCTET_HEADERS = {"Content-Type": "application/octet-stream"}
+_STALLS: dict[type[httpx.TimeoutException], str] = {
+    httpx.ConnectTimeout: "could not connect to {host}",
+    httpx.ReadTimeout: "{host} sent nothing in answer to {method} {path}",
+    httpx.WriteTimeout: "{host} took no bytes of the {method} {path} body",
+    httpx.PoolTimeout: "no connection to {host} came free",
+}
+
+
+class OpenUploads:
+    """Upload sessions started and neither finished nor deleted, so that an interrupted push
+    can delete them (a registry keeps an abandoned one, and its bytes, for hours)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[httpx.URL, tuple[str, ...]]] = {}
+
+    def opened(self, key: int, location: httpx.URL, scopes: Sequence[str]) -> None:
+        with self._lock:
+            self._open[key] = (location, tuple(scopes))
+
+    def moved(self, key: int, location: httpx.URL) -> None:
+        with self._lock:
+            if key in self._open:
+                self._open[key] = (location, self._open[key][1])
+
+    def closed(self, key: int) -> None:
+        with self._lock:
+            self._open.pop(key, None)
+
+    def take(self) -> list[tuple[httpx.URL, tuple[str, ...]]]:
+        with self._lock:
+            taken = list(self._open.values())
+            self._open.clear()
+        return taken
+
+
+def foreign_repositories(creds: Credentials | None, url: httpx.URL) -> list[str]:
+    """Repositories ``url`` names (a registry path, or a token request's scopes) that are
+    outside the GitLab project of a CI job token; [] for other credentials."""
+    if creds is None or not creds.ci_project:
+        return []
+    scopes = [s for value in url.params.get_list("scope") for s in value.split()]
+    names = [s.split(":")[1] for s in scopes if s.startswith("repository:") and s.count(":") == 2]
+    match = _REPO_PATH_RE.match(url.path)
+    if match is not None:
+        names.append(match["name"])
+    project = creds.ci_project.lower()  # repository names are lower case, project paths not
+    return sorted({n for n in names if n != project and not n.startswith(project + "/")})
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed response carrying ``body`` (already decoded: no Content-Encoding any more)."""
+    headers = [(k, v) for k, v in response.headers.multi_items() if k != "content-encoding"]
+    answer = httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions=response.extensions,
+    )
+    answer.next_request = response.next_request
+    return answer
+
+
+def _too_large(response: httpx.Response, what: str, limit: int) -> RegistryError:
+    request = response.request
+    return RegistryError(
+        f"{request.url.host} answered {request.method} {request.url.path} with a body "
+        f"{what}; at most {limit} bytes are expected: refused",
+        method=request.method,
+        url=redact_url(request.url),
+        status=response.status_code,
+    )
 
 
 def _stop_if_cancelled(cancel: threading.Event | None, what: str) -> None:

@@ -45,6 +45,7 @@ _HELPER_TIMEOUT = 30.0
 # Docker Hub is stored under its historical v1 index URL by `docker login`.
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+JOB_TOKEN_USER = "gitlab-ci-token"  # noqa: S105  (a user name GitLab fixes, no secret)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class Credentials:
     secret: str = field(repr=False)
     source: str = "explicit credentials"
     kind: CredentialKind = "password"
+    # A GitLab CI job token: the project it may push to (CI_PROJECT_PATH), for the message
+    # that tells what to do when it is refused for another project.
+    ci_project: str | None = None
 
     def __str__(self) -> str:
         return repr(self)
@@ -117,12 +121,23 @@ def _from_gitlab_ci(host: str, env: Mapping[str, str]) -> Credentials | None:
     ci_registry = env.get("CI_REGISTRY", "").lower()
     user, password = env.get("CI_REGISTRY_USER"), env.get("CI_REGISTRY_PASSWORD")
     if ci_registry and host == ci_registry and user and password:
-        return Credentials(user, password, "GitLab CI_REGISTRY_USER/CI_REGISTRY_PASSWORD")
+        project = _ci_project(env) if user == JOB_TOKEN_USER else None
+        source = "GitLab CI_REGISTRY_USER/CI_REGISTRY_PASSWORD"
+        return Credentials(user, password, source, ci_project=project)
     job_token = env.get("CI_JOB_TOKEN")
     instance_hosts = {_hostname(ci_registry), _hostname(env.get("CI_SERVER_HOST", "").lower())}
     if job_token and _hostname(host) in instance_hosts - {""}:
-        return Credentials("gitlab-ci-token", job_token, "GitLab CI_JOB_TOKEN")
+        source = "GitLab CI_JOB_TOKEN"
+        return Credentials(JOB_TOKEN_USER, job_token, source, ci_project=_ci_project(env))
     return None
+
+
+def _ci_project(env: Mapping[str, str]) -> str | None:
+    """The job's project: CI_PROJECT_PATH, else CI_REGISTRY_IMAGE without its host."""
+    if env.get("CI_PROJECT_PATH"):
+        return env["CI_PROJECT_PATH"]
+    image = env.get("CI_REGISTRY_IMAGE", "")
+    return image.split("/", 1)[1] if "/" in image else None
 
 
 def _hostname(host: str) -> str:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from ociforge.digest import Digest
-from ociforge.errors import DigestMismatchError, ImageError, RegistryError
+from ociforge.errors import DigestMismatchError, ImageError, RegistryDigestError
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import RegistryClient
 from ociforge.registry.responses import redact_url
@@ -61,7 +61,13 @@ def put_manifest(
     )
     stored = response.headers.get("docker-content-digest")
     if stored and stored != str(digest):
-        raise DigestMismatchError(f"registry stored manifest {repo}:{ref}", str(digest), stored)
+        where = redact_url(response.request.url)
+        raise RegistryDigestError(
+            f"registry stored manifest {repo}:{ref} (at {client.registry})",
+            str(digest),
+            stored,
+            url=where,
+        )
     return digest
 
 
@@ -98,8 +104,9 @@ def _get_checked(
 ) -> tuple[bytes, str, Digest] | None:
     """GET a small document as (bytes, media type, digest), or None on 404.
 
-    A body larger than ``max_size``, or not hashing to ``expected``, is an error: what a
-    registry (or a proxy) sends instead must never become part of an image.
+    A body larger than ``max_size`` (refused while it streams: never buffered past it), or not
+    hashing to ``expected``, is an error: what a registry (or a proxy) sends instead must
+    never become part of an image.
     """
     response = client.request(
         "GET",
@@ -109,18 +116,16 @@ def _get_checked(
         expect={200, 404},
         follow_redirects=True,
         cancel=cancel,
+        max_body=max_size,
     )
     if response.status_code == 404:
         return None
     data = response.content
-    if len(data) > max_size:
-        raise RegistryError(
-            f"{what} is {len(data)} bytes, more than the {max_size} expected",
-            method="GET",
-            url=redact_url(response.request.url),
-        )
     digest = Digest.of(data)
     if expected is not None and str(digest) != expected:
-        raise DigestMismatchError(what, expected, str(digest))
+        where = redact_url(response.request.url)
+        raise RegistryDigestError(
+            f"{client.registry} sent {what}", expected, str(digest), url=where
+        )
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     return data, media_type, digest

@@ -13,14 +13,17 @@ import html
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Container
+from typing import TypeVar
 
 import httpx
 
 from ociforge.errors import AuthError, RegistryError
 
 _EXCERPT_CHARS = 120
+ERROR_BODY_LIMIT = 64 * 1024  # of an error answer, read for its codes and an excerpt
 _AUTH_VALUE_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _USERINFO_RE = re.compile(r"://[^/\s@'\"]+@")
 _QUERY_RE = re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s'\"<>]*")
@@ -156,7 +159,7 @@ def _describe_body(response: httpx.Response) -> tuple[list[str], str]:
     """The registry's ``errors[]`` codes and a short readable description of the body."""
     if response.request.method == "HEAD" or not response.content:
         return [], "empty body"
-    text = response.content[:65536].decode("utf-8", errors="replace")
+    text = response.content[:ERROR_BODY_LIMIT].decode("utf-8", errors="replace")
     try:
         document = json.loads(text)
     except ValueError:
@@ -188,6 +191,15 @@ def _shorten(text: str) -> str:
 
 def error_from_exception(exc: Exception, method: str, url: httpx.URL) -> RegistryError:
     """Wrap an httpx exception (the only place they are caught) into a RegistryError."""
+    unresolved = _cause(exc, socket.gaierror)
+    if unresolved is not None:
+        # Not temporary: a name that does not resolve now will not in the next 16 s of backoff.
+        reason = unresolved.strerror or str(unresolved)
+        return RegistryError(
+            f"cannot resolve {url.host}: {reason} (check the registry's host name)",
+            method=method,
+            url=redact_url(url),
+        )
     text = redact_text(str(exc).strip()) or type(exc).__name__
     tls = _TLS_HINTS.get(next((k for k in _TLS_HINTS if k in text), ""))
     if tls is None and "SSL" in text:
@@ -204,6 +216,22 @@ def error_from_exception(exc: Exception, method: str, url: httpx.URL) -> Registr
         if isinstance(exc, httpx.TimeoutException):
             message += "; the registry did not answer in time"
     return RegistryError(message, method=method, url=redact_url(url), temporary=temporary)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``exc``'s chain of causes (httpx wraps httpcore,
+    which wraps the socket error)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain is short; a cycle must not hang us
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # OpenSSL reason -> what the user can do about it

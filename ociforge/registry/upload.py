@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Literal
 
 import httpx
 
 from ociforge.digest import Digest
-from ociforge.errors import DigestMismatchError, RegistryError, UsageError
+from ociforge.errors import DigestMismatchError, RegistryDigestError, RegistryError, UsageError
 from ociforge.events import BlobFinished, BlobProgress, BlobStarted, reporting
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import Body, RegistryClient
+from ociforge.registry.responses import redact_url
 from ociforge.registry.streams import BlobStream, BytesBlob, StreamOpener
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,12 @@ def upload_blob(
         session = _Session.start(client, repo, key, cancel)
         try:
             digest, size = session.send(open_stream, expected, chunk_size)
+        except KeyboardInterrupt:  # on the caller's thread: its session must not linger
+            session.abandon()
+            raise
         except RegistryError as error:
-            if _is_set(cancel):
+            left = client.remaining()
+            if _is_set(cancel) or (left is not None and left <= 0):
                 session.abandon()
                 raise
             restarts += 1
@@ -251,19 +256,27 @@ def upload_all(
             cancel.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ociforge-push") as pool:
-        futures = [pool.submit(push, job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                future.result()
-        except BaseException as error:
-            cancel.set()
-            for future in futures:
-                future.cancel()
-            # A cancelled upload may finish before the failure that cancelled it: report that.
-            if failures and failures[0] is not error:
-                raise failures[0] from None
-            raise
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ociforge-push")
+    futures: list[Future[BlobResult]] = []
+    try:  # submitting too: the first jobs run (and may be interrupted) while others queue
+        futures += [pool.submit(push, job) for job in jobs]
+        for future in as_completed(futures):
+            future.result()
+    except Exception as error:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        # A cancelled upload may finish before the failure that cancelled it: report that.
+        if failures and failures[0] is not error:
+            raise failures[0] from None
+        raise
+    except BaseException:
+        # Ctrl-C or SIGTERM: stop now, not when the workers' requests time out. They stop at
+        # their next chunk or request; their sessions are deleted from here.
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        abort_open_uploads(client)
+        raise
+    pool.shutdown(wait=True)
     return [future.result() for future in futures]
 
 
@@ -289,7 +302,9 @@ class _Session:
             key=key,
             cancel=cancel,
         )
-        return cls(client, repo, key, cancel, client.location(started))
+        session = cls(client, repo, key, cancel, client.location(started))
+        client.uploads.opened(id(session), session.location, session.scopes)
+        return session
 
     @property
     def scopes(self) -> list[str]:
@@ -306,16 +321,19 @@ class _Session:
             self.patch(stream.data, {})
             self.client.on_event(BlobProgress(self.key, stream.size))
         else:
-            self.patch(reporting(_checked(stream, self.cancel), self.key, self.client.on_event), {})
+            chunks = _checked(stream, self.cancel, self.client, self.key)
+            self.patch(reporting(chunks, self.key, self.client.on_event), {})
         digest, size = stream.digest, stream.size
         if expected is not None and digest != expected:
             self.abandon()
             raise DigestMismatchError(f"blob {self.key}", str(expected), str(digest))
         final = httpx.URL(f"{self.location}{'&' if self.location.query else '?'}digest={digest}")
         response = self.request("PUT", final, content=b"")
+        self.client.uploads.closed(id(self))  # committed: nothing left to delete
         stored = response.headers.get("docker-content-digest")
         if stored and stored != str(digest):
-            raise DigestMismatchError(f"registry stored blob {self.key}", str(digest), stored)
+            what = f"registry stored blob {self.key} (at {self.client.registry})"
+            raise RegistryDigestError(what, str(digest), stored, url=redact_url(final))
         return digest, size
 
     def request(
@@ -336,10 +354,11 @@ class _Session:
         # The newest Location is the only valid one; a registry that sends none keeps the old.
         if "location" in response.headers:
             self.location = self.client.location(response)
+            self.client.uploads.moved(id(self), self.location)
 
     def _patch_chunks(self, stream: BlobStream, chunk_size: int) -> None:
         offset = 0
-        for piece in _rechunk(_checked(stream, self.cancel), chunk_size):
+        for piece in _rechunk(_checked(stream, self.cancel, self.client, self.key), chunk_size):
             # No "bytes " prefix: the distribution API's Content-Range is plain start-end.
             self.patch(piece, {"Content-Range": f"{offset}-{offset + len(piece) - 1}"})
             offset += len(piece)
@@ -347,6 +366,7 @@ class _Session:
 
     def abandon(self) -> None:
         """Best-effort DELETE of a session we will not finish (it would expire anyway)."""
+        self.client.uploads.closed(id(self))
         _cancel_session(self.client, self.location, self.scopes)
 
 
@@ -354,11 +374,18 @@ def _is_set(cancel: threading.Event | None) -> bool:
     return cancel is not None and cancel.is_set()
 
 
-def _checked(chunks: Iterable[bytes], cancel: threading.Event | None) -> Iterator[bytes]:
+def _checked(
+    chunks: Iterable[bytes], cancel: threading.Event | None, client: RegistryClient, key: str
+) -> Iterator[bytes]:
+    """The blob's chunks, stopping at a cancel or at the deadline: a registry that takes
+    the body slowly but steadily never stalls, so only the deadline ends such an upload."""
+    sent = 0
     for chunk in chunks:
         if _is_set(cancel):
             raise RegistryError(f"upload {_CANCELLED}")
+        client.check_deadline(f"{key} was still uploading ({sent} bytes sent)")
         if chunk:
+            sent += len(chunk)
             yield chunk
 
 
@@ -373,10 +400,17 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def _cancel_session(client: RegistryClient, location: httpx.URL, scopes: list[str]) -> None:
+def _cancel_session(client: RegistryClient, location: httpx.URL, scopes: Sequence[str]) -> None:
     """Best-effort DELETE of an upload session we will not finish (it would expire anyway):
-    tried once, even after a cancel, for a cancelled push must end now."""
-    try:
-        client.request("DELETE", location, scopes=scopes, retry=False)
-    except RegistryError as error:
-        log.debug("could not cancel upload session: %s", error)
+    tried once with a short timeout, even after a cancel or the deadline, for a push that
+    stops must end now."""
+    client.abort_request("DELETE", location, scopes)
+
+
+def abort_open_uploads(client: RegistryClient) -> int:
+    """DELETE every upload session of ``client`` still open (an interrupted push: its
+    workers may be blocked in a request that only a timeout ends). Returns how many."""
+    sessions = client.uploads.take()
+    for location, scopes in sessions:
+        _cancel_session(client, location, scopes)
+    return len(sessions)

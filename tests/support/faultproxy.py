@@ -69,12 +69,21 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Dribble:
+    """Answer 200 announcing ``size`` bytes of body, then send one byte every ``interval``
+    seconds: a registry that is never silent long enough to stall, and never finishes."""
+
+    interval: float = 0.5
+    size: int = 1000
+
+
+@dataclass(frozen=True)
 class InvalidToken:
     """401 with the registry's own Bearer challenge plus ``error="invalid_token"``, as 2.8.2
     answers an expired token; the request never reaches the registry. Needs a token registry."""
 
 
-FaultAction = Respond | ResetConnection | Delay | InvalidToken
+FaultAction = Respond | ResetConnection | Delay | Dribble | InvalidToken
 
 
 A = TypeVar("A", covariant=True)  # a Fault[Respond] is a Fault[FaultAction]
@@ -137,6 +146,7 @@ class _Armed:
 class _State:
     faults: list[_Armed] = field(default_factory=list)
     requests: list[ProxiedRequest] = field(default_factory=list)
+    arrivals: list[tuple[str, str]] = field(default_factory=list)  # (method, path) on arrival
 
 
 class FaultProxy(LoopbackApp):
@@ -169,6 +179,13 @@ class FaultProxy(LoopbackApp):
             if method in ("*", r.method) and re.search(path, r.path) is not None
         )
 
+    def arrived(self, method: str = "*", path: str = "") -> int:
+        """Like :meth:`count`, but counting requests as they arrive: one a fault is still
+        delaying is not in ``requests`` yet (it is recorded when it is answered)."""
+        with self._lock:
+            arrivals = list(self._state.arrivals)
+        return sum(1 for m, p in arrivals if method in ("*", m) and re.search(path, p) is not None)
+
     def faults_fired(self) -> list[ProxiedRequest]:
         return [r for r in self.requests if r.fault is not None]
 
@@ -188,6 +205,7 @@ class FaultProxy(LoopbackApp):
     def _select(self, method: str, path: str) -> FaultAction | None:
         chosen: FaultAction | None = None
         with self._lock:
+            self._state.arrivals.append((method, path))
             for armed in self._state.faults:
                 if not armed.fault.matches(method, path):
                     continue
@@ -320,6 +338,9 @@ class _Handler(LoopbackHandler):
         elif isinstance(action, InvalidToken):
             body.drain()
             self._invalid_token()
+        elif isinstance(action, Dribble):
+            body.drain()
+            self._dribble(action)
         else:
             if isinstance(action, Delay):
                 time.sleep(action.seconds)
@@ -397,6 +418,16 @@ class _Handler(LoopbackHandler):
                 self.wfile.write(_frame(piece, declared is None))
             if declared is None:
                 self.wfile.write(b"0\r\n\r\n")
+
+    def _dribble(self, action: Dribble) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        self.send_header("Content-Length", str(action.size))
+        self.end_headers()
+        for _ in range(action.size):  # ends with an OSError once the client has hung up
+            self.wfile.write(b" ")
+            self.wfile.flush()
+            time.sleep(action.interval)
 
     def _invalid_token(self) -> None:
         # The registry's challenge for this very request, asked for without credentials.
