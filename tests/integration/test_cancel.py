@@ -236,7 +236,7 @@ def test_a_registry_that_never_finishes_answering_fails_at_the_deadline(
 def test_a_closed_stdout_is_one_line_not_a_traceback(
     how: str, registry: RegistryServer, repo_name: str, tiny_oci_image: OciImage, home: Path
 ) -> None:
-    args = ["push", f"oci:{tiny_oci_image.layout}:t", f"{registry.host}/{repo_name}:latest"]
+    args = ["push", "-q", f"oci:{tiny_oci_image.layout}:t", f"{registry.host}/{repo_name}:latest"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ociforge", *args],
         cwd=REPO,
