@@ -31,10 +31,12 @@ ALLOWED: dict[str, set[str]] = {
     "image": _VALUES,
     "source": _VALUES | {"nix"},
     "trust": _VALUES,
+    "supply": _VALUES | {"nix", "image"},
     "assemble": _VALUES | {"nix", "source", "layering", "tarstream", "compress", "image", "trust"},
-    "sinks": _VALUES | {"source", "assemble", "image"},
+    "sinks": _VALUES | {"source", "assemble", "image", "supply"},
     "registry": _VALUES,
-    "publish": _VALUES | {"source", "assemble", "image", "sinks", "registry", "reference", "trust"},
+    "publish": _VALUES
+    | {"source", "assemble", "image", "sinks", "registry", "reference", "trust", "supply"},
     "api": _VALUES
     | {
         "source",
@@ -49,6 +51,7 @@ ALLOWED: dict[str, set[str]] = {
         "layering",
         "tarstream",
         "trust",
+        "supply",
     },
     "progress": {"events"},
     "cli": {"api", "errors", "progress"},
