@@ -83,6 +83,7 @@ def config_media_type(fmt: ImageFormat) -> str:
     _check_format(fmt)
     return OCI_CONFIG if fmt == "oci" else DOCKER_CONFIG
 
+
 # Supply-chain artifacts. GitLab's registry accepts only media types on its allow-list; these
 # are on it (CycloneDX and SPDX JSON for SBOMs, cosign's simple signing for signatures).
 SBOM_CYCLONEDX = "application/vnd.cyclonedx+json"

@@ -52,7 +52,10 @@ ALLOWED: dict[str, set[str]] = {
         "tarstream",
         "trust",
         "supply",
+        "supplyapi",
     },
+    "supplyapi": _VALUES
+    | {"source", "nix", "assemble", "publish", "registry", "reference", "sinks", "supply"},
     "progress": {"events"},
     "cli": {"api", "errors", "progress"},
     "__main__": {"cli"},
@@ -152,11 +155,15 @@ PUBLIC_API = {
     "STRATEGIES",
     "SourceSpec",
     "StorePathInfo",
+    "SupplyOptions",
+    "VerifyReport",
     "TarOptions",
     "TrustKeys",
     "UsageError",
     "build",
+    "generate_cosign_key",
     "generate_key",
+    "load_cosign_key",
     "load_trust",
     "ci_annotations",
     "host_system",
@@ -168,6 +175,8 @@ PUBLIC_API = {
     "preview",
     "push",
     "read_closure",
+    "sbom",
+    "verify",
 }
 
 

@@ -12,22 +12,20 @@ from ociforge.nix import Closure, StorePathInfo
 from ociforge.supply.sbom import FIXED_TIME, Subject, nar_hash_hex, parse_drv_name
 
 if TYPE_CHECKING:
-    from spdx_tools.spdx.model import Package, Relationship
+    from spdx_tools.spdx.model.package import Package
+    from spdx_tools.spdx.model.relationship import Relationship, RelationshipType
 
 _DOCUMENT = "SPDXRef-DOCUMENT"
 _IMAGE = "SPDXRef-image"
 
 
 def make_spdx(closure: Closure, subject: Subject, serial: uuid.UUID) -> bytes:
-    from spdx_tools.spdx.model import (  # noqa: PLC0415  (imported only when an SBOM is made)
-        Actor,
-        ActorType,
-        CreationInfo,
-        Document,
-        Package,
-        RelationshipType,
-        SpdxNoAssertion,
-    )
+    # Imported only when an SBOM is made (spdx-tools pulls in rdflib: a second of start-up).
+    from spdx_tools.spdx.model.actor import Actor, ActorType  # noqa: PLC0415
+    from spdx_tools.spdx.model.document import CreationInfo, Document  # noqa: PLC0415
+    from spdx_tools.spdx.model.package import Package  # noqa: PLC0415
+    from spdx_tools.spdx.model.relationship import RelationshipType  # noqa: PLC0415
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion  # noqa: PLC0415
     from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream  # noqa: PLC0415
 
     info = CreationInfo(
@@ -61,12 +59,9 @@ def make_spdx(closure: Closure, subject: Subject, serial: uuid.UUID) -> bytes:
 
 
 def _package(info: StorePathInfo) -> Package:
-    from spdx_tools.spdx.model import (  # noqa: PLC0415
-        Checksum,
-        ChecksumAlgorithm,
-        Package,
-        SpdxNoAssertion,
-    )
+    from spdx_tools.spdx.model.checksum import Checksum, ChecksumAlgorithm  # noqa: PLC0415
+    from spdx_tools.spdx.model.package import Package  # noqa: PLC0415
+    from spdx_tools.spdx.model.spdx_no_assertion import SpdxNoAssertion  # noqa: PLC0415
 
     name, version = parse_drv_name(info.name)
     return Package(
@@ -80,10 +75,10 @@ def _package(info: StorePathInfo) -> Package:
     )
 
 
-def _rel(left: str, kind: object, right: str) -> Relationship:
-    from spdx_tools.spdx.model import Relationship  # noqa: PLC0415
+def _rel(left: str, kind: RelationshipType, right: str) -> Relationship:
+    from spdx_tools.spdx.model.relationship import Relationship  # noqa: PLC0415
 
-    return Relationship(left, kind, right)  # type: ignore[arg-type]
+    return Relationship(left, kind, right)
 
 
 def _spdx_id(path: str) -> str:
