@@ -63,7 +63,6 @@ if TYPE_CHECKING:
     from ociforge.reference import Reference, parse_reference
     from ociforge.registry import Credentials
     from ociforge.source import ImageSource, SourceSpec, parse_source
-    from ociforge.tarstream import TarOptions
     from ociforge.supplyapi import (
         SupplyOptions,
         VerifyReport,
@@ -72,6 +71,7 @@ if TYPE_CHECKING:
         sbom,
         verify,
     )
+    from ociforge.tarstream import TarOptions
     from ociforge.trust import TrustKeys
 
 _EXPORTS: dict[str, str] = {
