@@ -191,3 +191,20 @@ def test_verify_names_each_mismatch(
     tampered = ociforge(home, "verify", signed, "--source", app, "--max-layers", "4", "--insecure")
     assert tampered.returncode == 7
     assert "layer mismatch: layer 1" in tampered.stderr
+
+
+def test_build_to_a_layout_keeps_the_sbom_beside_the_image(
+    closure: BuiltClosure, home: Path, skopeo_env: dict[str, str], tmp_path: Path
+) -> None:
+    layout = tmp_path / "out"
+    built = ociforge(home, "build", closure["app-1.0"], f"oci:{layout}:v1", "--sbom", "--json")
+    assert built.returncode == 0, built.stderr
+    digest = json.loads(built.stdout)["manifest_digest"]
+    index = json.loads((layout / "index.json").read_text())
+    (artifact_entry,) = [m for m in index["manifests"] if "annotations" not in m]
+    blob = layout / "blobs" / "sha256" / artifact_entry["digest"].split(":")[1]
+    artifact = json.loads(blob.read_bytes())
+    assert artifact["subject"]["digest"] == digest
+    assert artifact["artifactType"] == "application/vnd.cyclonedx+json"
+    copied = skopeo(skopeo_env, "copy", f"oci:{layout}:v1", f"oci:{tmp_path / 'copy'}:v1")
+    assert copied.returncode == 0, copied.stderr  # the image itself reads as before
