@@ -63,10 +63,24 @@ if TYPE_CHECKING:
     from ociforge.reference import Reference, parse_reference
     from ociforge.registry import Credentials
     from ociforge.source import ImageSource, SourceSpec, parse_source
+    from ociforge.supplyapi import (
+        SupplyOptions,
+        VerifyReport,
+        generate_cosign_key,
+        load_cosign_key,
+        sbom,
+        verify,
+    )
     from ociforge.tarstream import TarOptions
     from ociforge.trust import TrustKeys
 
 _EXPORTS: dict[str, str] = {
+    "SupplyOptions": "ociforge.supplyapi",
+    "VerifyReport": "ociforge.supplyapi",
+    "generate_cosign_key": "ociforge.supplyapi",
+    "load_cosign_key": "ociforge.supplyapi",
+    "sbom": "ociforge.supplyapi",
+    "verify": "ociforge.supplyapi",
     "AuthError": "ociforge.errors",
     "BlobFinished": "ociforge.events",
     "BlobProgress": "ociforge.events",
@@ -160,14 +174,18 @@ __all__ = [
     "RuntimeConfig",
     "SourceSpec",
     "StorePathInfo",
+    "SupplyOptions",
     "TarOptions",
     "TrustKeys",
     "UsageError",
+    "VerifyReport",
     "build",
     "ci_annotations",
+    "generate_cosign_key",
     "generate_key",
     "host_system",
     "load_closure",
+    "load_cosign_key",
     "load_source",
     "load_trust",
     "parse_reference",
@@ -176,6 +194,8 @@ __all__ = [
     "preview",
     "push",
     "read_closure",
+    "sbom",
+    "verify",
 ]
 
 

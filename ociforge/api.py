@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ociforge.assemble import BuiltImage, ImageOptions, plan_source
+from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_source
 from ociforge.assemble.annotations import parse_annotation_items
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.plan import host_system
@@ -42,6 +42,16 @@ from ociforge.sinks import (
 )
 from ociforge.source import ImageSource, LayoutRef, SourceSpec, parse_source
 from ociforge.source import load_source as _load_spec
+from ociforge.spec import sbom_media_type
+from ociforge.supplyapi import (
+    SupplyOptions,
+    VerifyReport,
+    generate_cosign_key,
+    layout_sbom,
+    load_cosign_key,
+    sbom,
+    verify,
+)
 from ociforge.tarstream import TarOptions
 from ociforge.trust import TrustKeys, generate_key, trust_from_environment
 
@@ -58,12 +68,16 @@ __all__ = [
     "PushResult",
     "RegistryOptions",
     "RuntimeConfig",
+    "SupplyOptions",
     "TarOptions",
+    "VerifyReport",
     "build",
     "check_created",
+    "generate_cosign_key",
     "generate_key",
     "host_system",
     "load_closure",
+    "load_cosign_key",
     "load_source",
     "load_trust",
     "parse_annotation_items",
@@ -71,7 +85,9 @@ __all__ = [
     "parse_reference",
     "preview",
     "push",
+    "sbom",
     "terminate_children",
+    "verify",
 ]
 
 Source = str | Closure | SourceSpec | None
@@ -86,6 +102,7 @@ class BuildResult:
     config_digest: str
     layers: int
     image: BuiltImage
+    sbom_digest: str | None = None  # the SBOM artifact's manifest, with ``sbom_format``
 
 
 def load_closure(
@@ -130,9 +147,11 @@ def build(
     closure_json: str | None = None,
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
+    sbom_format: str | None = None,
 ) -> BuildResult:
     """Build the image of ``source`` into ``target`` (``oci:DIR[:TAG]``,
     ``docker-archive:FILE|-``). ``devshell`` and ``contents`` as in :func:`load_source`.
+    ``sbom_format`` (``cyclonedx``/``spdx``): an SBOM artifact about the image joins the layout.
 
     Example::
 
@@ -155,17 +174,24 @@ def build(
         opts = dataclasses.replace(
             opts, format="docker", compression=CompressionOptions(Compression.NONE), annotations={}
         )
+    if sbom_format is not None and isinstance(parsed, DockerArchiveTarget):
+        raise UsageError("--sbom attaches to OCI images: build to oci:DIR, or push")
+    sbom_media_type(sbom_format or "cyclonedx")  # an unknown format fails before nix runs
     plan = plan_source(spec, opts, on_event=on_event)
     if isinstance(parsed, DockerArchiveTarget):
         built = write_docker_archive(plan, parsed, on_event)
     else:
         built = write_oci(plan, parsed, on_event)
+    sbom_digest = None
+    if sbom_format is not None and not isinstance(parsed, DockerArchiveTarget):
+        sbom_digest = layout_sbom(parsed, plan.closure, built, sbom_format)
     return BuildResult(
         target=str(parsed),
         manifest_digest=built.manifest_digest,
         config_digest=str(Digest.of(built.config)),
         layers=len(built.layers),
         image=built,
+        sbom_digest=sbom_digest,
     )
 
 
@@ -180,6 +206,7 @@ def push(
     closure_json: str | None = None,
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
+    supply: SupplyOptions | None = None,
 ) -> PushResult:
     """Push the image of ``source`` to every destination (``host/repo:tag``) of one registry.
 
@@ -187,7 +214,9 @@ def push(
     ``oci:DIR[:TAG]`` (an image built before, pushed byte for byte). Layers go up first, in
     parallel, then the config, then the manifest under each tag: a failed push tags nothing.
     Layers the local cache or the tag's previous manifest already know are not rebuilt.
-    ``devshell`` and ``contents`` as in :func:`load_source`.
+    ``devshell`` and ``contents`` as in :func:`load_source`. ``supply``: the SBOM and cosign
+    signature to attach once the tags are set (default: signed when ``OCIFORGE_COSIGN_KEY`` is
+    set, no SBOM).
 
     Example::
 
@@ -199,13 +228,22 @@ def push(
     spec = parse_source(
         source, closure_json=closure_json, devshell=devshell, contents=contents, nix=nix
     )
+    supply = supply or SupplyOptions.from_environment()
     with PushSession(refs[0].registry, reg, on_event) as session:
         if spec.layout is not None:
             _no_image_options(spec.layout, options)
-            return session.push_layout(spec.layout, refs)
+            supply.check_layout_source(spec.layout)
+            return supply.attach(session, refs, session.push_layout(spec.layout, refs), None)
         opts = options or ImageOptions()
+        plans: list[ImagePlan] = []  # the SBOM is made of the closure the plan read
+
+        def make() -> ImagePlan:
+            plans.append(plan_source(spec, opts, on_event=on_event))
+            return plans[-1]
+
         # Made while the registry is asked what the tags hold: nix and the round trips overlap.
-        return session.push(lambda: plan_source(spec, opts, on_event=on_event), refs)
+        result = session.push(make, refs)
+        return supply.attach(session, refs, result, plans[0].closure)
 
 
 def preview(

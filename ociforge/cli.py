@@ -5,7 +5,8 @@ and debug logs (which never contain secrets: the library redacts before it logs)
 
 Exit codes: 0 success, 1 unexpected error, 2 usage (bad option, input or reference), 3 nix
 failed, 4 image could not be assembled or written, 5 registry error, 6 authentication error,
-130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM).
+7 verify found a mismatch (signature, SBOM or layers), 130 interrupted (SIGINT, Ctrl-C),
+143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -40,19 +41,25 @@ from ociforge.api import (
     PushResult,
     RegistryOptions,
     RuntimeConfig,
+    SupplyOptions,
     TarOptions,
+    VerifyReport,
     build,
     check_created,
+    generate_cosign_key,
     generate_key,
+    load_cosign_key,
     load_trust,
     parse_annotation_items,
     parse_env_items,
     parse_reference,
     preview,
     push,
+    sbom,
     terminate_children,
+    verify,
 )
-from ociforge.errors import Interrupted, OciforgeError, UsageError
+from ociforge.errors import Interrupted, OciforgeError, UsageError, VerificationError
 from ociforge.progress import MODES, ProgressDisplay
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -223,6 +230,33 @@ _IMAGE_OPTIONS = [
     ),
     click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable."),
     *_content_options,
+]
+
+
+_SBOM_FORMAT = click.option(
+    "--sbom-format",
+    type=click.Choice(["cyclonedx", "spdx"]),
+    default="cyclonedx",
+    show_default=True,
+    help="SBOM format: CycloneDX 1.6 JSON or SPDX 2.3 JSON.",
+)
+_SBOM_OPTIONS = [
+    click.option(
+        "--sbom",
+        is_flag=True,
+        help="Attach an SBOM of the closure to the image (an OCI artifact about it).",
+    ),
+    _SBOM_FORMAT,
+]
+_SIGN_OPTIONS = [
+    click.option(
+        "--sign-key",
+        metavar="FILE",
+        help=(
+            "Sign the pushed manifest as cosign does with this P-256 PEM key (default: the key "
+            "in OCIFORGE_COSIGN_KEY, if set)."
+        ),
+    ),
 ]
 
 
@@ -410,6 +444,7 @@ def main() -> None:
 @main.command("build")
 @click.argument("args", nargs=-1, required=True, metavar="[INSTALLABLE] TARGET")
 @_options(_IMAGE_OPTIONS)
+@_options(_SBOM_OPTIONS)
 @_options(_COMMON_OPTIONS)
 def build_command(args: tuple[str, ...], **kw: Any) -> None:
     """Build INSTALLABLE's image into TARGET.
@@ -431,6 +466,7 @@ def build_command(args: tuple[str, ...], **kw: Any) -> None:
                 closure_json=kw["closure_json"],
                 nix=kw["nix_bin"],
                 on_event=display.handle,
+                sbom_format=kw["sbom_format"] if kw["sbom"] else None,
             )
         to_stdout = not target.startswith("docker-archive:-")
         _report_build(result, kw["as_json"], display, to_stdout=to_stdout)
@@ -619,6 +655,8 @@ _REGISTRY_OPTIONS = [
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE DEST [DEST...]")
 @_options(_IMAGE_OPTIONS)
 @_options(_REGISTRY_OPTIONS)
+@_options(_SBOM_OPTIONS)
+@_options(_SIGN_OPTIONS)
 @_options(_COMMON_OPTIONS)
 def push_command(args: tuple[str, ...], **kw: Any) -> None:
     """Build SOURCE's image while pushing it to DEST (host/repo:tag), one or more tags.
@@ -660,6 +698,9 @@ def push_command(args: tuple[str, ...], **kw: Any) -> None:
                 closure_json=kw["closure_json"],
                 nix=kw["nix_bin"],
                 on_event=display.handle,
+                supply=SupplyOptions(
+                    kw["sbom_format"] if kw["sbom"] else None, load_cosign_key(kw["sign_key"])
+                ),
             )
         _report_push(result, kw["as_json"], display)
 
@@ -728,16 +769,28 @@ def _report_push(result: PushResult, as_json: bool, display: ProgressDisplay) ->
         return
     for ref in result.references:
         click.echo(f"{ref}@{result.manifest_digest}")
+    for done in result.attached:
+        if not display.quiet and done.sbom_digest:
+            click.echo(f"ociforge: SBOM {done.sbom_digest} attached in {done.repository}", err=True)
+        if not display.quiet and done.signature_tag:
+            click.echo(f"ociforge: signed: {done.repository}:{done.signature_tag}", err=True)
 
 
 @main.command("keygen")
-@click.argument("prefix", default="ociforge-key", metavar="[PREFIX]")
-def keygen_command(prefix: str) -> None:
+@click.argument("prefix", default=None, required=False, metavar="[PREFIX]")
+@click.option("--cosign", is_flag=True, help="An ECDSA P-256 image-signing key pair instead.")
+def keygen_command(prefix: str | None, cosign: bool) -> None:
     """Make a signing key pair: PREFIX (private, one line) and PREFIX.pub (public, PEM).
 
     Store the private key as a masked, protected CI/CD variable OCIFORGE_SIGNING_KEY; other
     projects trust your layers with --trusted-key PREFIX.pub (or OCIFORGE_TRUSTED_KEYS).
+    With --cosign (default PREFIX cosign): a PEM key pair for image signatures that cosign
+    reads; store the private key as the File variable OCIFORGE_COSIGN_KEY.
     """
+    if cosign:
+        _run(False, lambda: _cosign_keygen(prefix or "cosign"))
+        return
+    prefix = prefix or "ociforge-key"
 
     def action() -> None:
         private, public = generate_key()
@@ -764,3 +817,87 @@ def _write_new(path: str, text: str, mode: int) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as out:
         out.write(text)
+
+
+def _cosign_keygen(prefix: str) -> None:
+    private, public = generate_cosign_key()
+    _write_new(prefix + ".key", private, 0o600)
+    _write_new(prefix + ".pub", public, 0o644)
+    click.echo(f"wrote {prefix}.key (private) and {prefix}.pub (public)", err=True)
+    click.echo(
+        "in GitLab: Settings > CI/CD > Variables: add OCIFORGE_COSIGN_KEY (type Variable) with "
+        f"the contents of {prefix}.key, Protected; then delete {prefix}.key. Deployers check "
+        f"images with `ociforge verify REF --key {prefix}.pub` or `cosign verify --key "
+        f"{prefix}.pub REF`",
+        err=True,
+    )
+
+
+@main.command("sbom")
+@click.argument("source", required=False, metavar="[SOURCE]")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Where to write ('-': stdout).")
+@_SBOM_FORMAT
+@click.option("--name", help="What the SBOM describes (default: the first root's name).")
+@click.option("--closure-json", metavar="FILE", help="Read the closure from this path-info JSON.")
+@click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable.")
+def sbom_command(source: str | None, output: str, **kw: Any) -> None:
+    """Write the SBOM of SOURCE's closure (an installable or store path) to FILE."""
+
+    def action() -> None:
+        document = sbom(
+            source,
+            sbom_format=kw["sbom_format"],
+            name=kw["name"],
+            closure_json=kw["closure_json"],
+            nix=kw["nix_bin"],
+        )
+        if output == "-":
+            click.echo(document.decode(), nl=False)
+            return
+        try:
+            with open(output, "wb") as out:
+                out.write(document)
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+
+    _run(False, action)
+
+
+@main.command("verify")
+@click.argument("reference", metavar="REF")
+@click.option("--key", "key_file", metavar="PUB.PEM", help="Check the cosign signature by it.")
+@click.option("--source", metavar="SOURCE", help="Check the layers are what SOURCE builds to.")
+@_options(_IMAGE_OPTIONS)
+@_options(_REGISTRY_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr.")
+def verify_command(reference: str, key_file: str | None, source: str | None, **kw: Any) -> None:
+    """Check REF: its signature (--key), its SBOM, and with --source (and the image options
+    it was built with) that it is exactly that closure's image. Exit 7 on a mismatch."""
+
+    def action() -> None:
+        report = verify(
+            reference,
+            public_key_file=key_file,
+            source=source,
+            options=options_from_cli(kw),
+            registry=_registry_options(kw),
+            closure_json=kw["closure_json"],
+            nix=kw["nix_bin"],
+        )
+        _report_verify(report, kw["as_json"])
+        if not report.ok:
+            raise VerificationError("; ".join(c.detail for c in report.failures))
+
+    _run(kw["debug"], action)
+
+
+def _report_verify(report: VerifyReport, as_json: bool) -> None:
+    if as_json:
+        checks = [asdict(c) for c in report.checks]
+        summary = {"reference": report.reference, "manifest_digest": report.manifest_digest}
+        click.echo(json.dumps({**summary, "ok": report.ok, "checks": checks}, indent=2))
+        return
+    click.echo(f"{report.reference}@{report.manifest_digest}")
+    for check in report.checks:
+        click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<9} {check.detail}")

@@ -8,8 +8,9 @@
     ├── ImageError                a closure or layout could not be turned into an image
     │   └── DigestMismatchError   bytes did not hash to the digest they were expected to have
     │       └── RegistryDigestError   ... because a registry answered so (also a RegistryError)
-    └── RegistryError             a registry (or a proxy in front of it) refused a request
-        └── AuthError             credentials missing, rejected or insufficient for the scope
+    ├── RegistryError             a registry (or a proxy in front of it) refused a request
+    │   └── AuthError             credentials missing, rejected or insufficient for the scope
+    └── VerificationError         ``verify``: the image is not signed, described or built as claimed
 
 Interrupted is no OciforgeError: like KeyboardInterrupt, of which it is a kind, it is a request
 to stop, not a failure; it carries the signal (SIGINT or SIGTERM) and so the exit code.
@@ -106,6 +107,12 @@ class AuthError(RegistryError):
     """Authentication failed or the credentials lack the needed scope."""
 
     exit_code = 6
+
+
+class VerificationError(OciforgeError):
+    """``ociforge verify`` found a mismatch: a signature, the SBOM or a layer."""
+
+    exit_code = 7
 
 
 class Interrupted(KeyboardInterrupt):

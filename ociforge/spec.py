@@ -82,3 +82,29 @@ def manifest_media_type(fmt: ImageFormat) -> str:
 def config_media_type(fmt: ImageFormat) -> str:
     _check_format(fmt)
     return OCI_CONFIG if fmt == "oci" else DOCKER_CONFIG
+
+
+# Supply-chain artifacts. GitLab's registry accepts only media types on its allow-list; these
+# are on it (CycloneDX and SPDX JSON for SBOMs, cosign's simple signing for signatures).
+SBOM_CYCLONEDX = "application/vnd.cyclonedx+json"
+SBOM_SPDX = "application/spdx+json"
+SBOM_MEDIA_TYPES: dict[str, str] = {"cyclonedx": SBOM_CYCLONEDX, "spdx": SBOM_SPDX}
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+# An SBOM of a big closure is a few MB; it is read back under this bound.
+MAX_SBOM_BYTES = 64 << 20
+
+
+def referrers_tag(digest: str) -> str:
+    """The referrers tag schema's tag for ``sha256:<hex>``: ``sha256-<hex>`` (OCI dist. 1.1)."""
+    return digest.replace(":", "-", 1)
+
+
+def sbom_media_type(fmt: str) -> str:
+    """The SBOM media type of ``cyclonedx`` or ``spdx``."""
+    try:
+        return SBOM_MEDIA_TYPES[fmt]
+    except KeyError:
+        raise UsageError(f"unknown SBOM format {fmt!r}: use 'cyclonedx' or 'spdx'") from None

@@ -31,10 +31,12 @@ ALLOWED: dict[str, set[str]] = {
     "image": _VALUES,
     "source": _VALUES | {"nix"},
     "trust": _VALUES,
+    "supply": _VALUES | {"nix", "image"},
     "assemble": _VALUES | {"nix", "source", "layering", "tarstream", "compress", "image", "trust"},
-    "sinks": _VALUES | {"source", "assemble", "image"},
+    "sinks": _VALUES | {"source", "assemble", "image", "supply"},
     "registry": _VALUES,
-    "publish": _VALUES | {"source", "assemble", "image", "sinks", "registry", "reference", "trust"},
+    "publish": _VALUES
+    | {"source", "assemble", "image", "sinks", "registry", "reference", "trust", "supply"},
     "api": _VALUES
     | {
         "source",
@@ -49,7 +51,11 @@ ALLOWED: dict[str, set[str]] = {
         "layering",
         "tarstream",
         "trust",
+        "supply",
+        "supplyapi",
     },
+    "supplyapi": _VALUES
+    | {"source", "nix", "assemble", "publish", "registry", "reference", "sinks", "supply"},
     "progress": {"events"},
     "cli": {"api", "errors", "progress"},
     "__main__": {"cli"},
@@ -149,11 +155,15 @@ PUBLIC_API = {
     "STRATEGIES",
     "SourceSpec",
     "StorePathInfo",
+    "SupplyOptions",
+    "VerifyReport",
     "TarOptions",
     "TrustKeys",
     "UsageError",
     "build",
+    "generate_cosign_key",
     "generate_key",
+    "load_cosign_key",
     "load_trust",
     "ci_annotations",
     "host_system",
@@ -165,6 +175,8 @@ PUBLIC_API = {
     "preview",
     "push",
     "read_closure",
+    "sbom",
+    "verify",
 }
 
 

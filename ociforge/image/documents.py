@@ -45,6 +45,7 @@ class Descriptor:
     size: int
     annotations: Mapping[str, str] = field(default_factory=dict)
     platform: Platform | None = None
+    artifact_type: str | None = None  # set on the entries of a referrers index
 
     @classmethod
     def of(cls, data: bytes, media_type: str) -> Descriptor:
@@ -62,6 +63,8 @@ class Descriptor:
             doc["annotations"] = dict(self.annotations)
         if self.platform is not None:
             doc["platform"] = self.platform.document()
+        if self.artifact_type is not None:
+            doc["artifactType"] = self.artifact_type
         return doc
 
 
@@ -73,6 +76,9 @@ class Manifest:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # OCI 1.1 artifacts (an SBOM): what it is, and the image manifest it is about.
+    artifact_type: str | None = None
+    subject: Descriptor | None = None
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -83,6 +89,10 @@ class Manifest:
         }
         if self.annotations:
             doc["annotations"] = dict(self.annotations)
+        if self.artifact_type is not None:
+            doc["artifactType"] = self.artifact_type
+        if self.subject is not None:
+            doc["subject"] = self.subject.document()
         return doc
 
     def to_bytes(self) -> bytes:
@@ -96,6 +106,19 @@ class Index:
     media_type: str
     manifests: tuple[Descriptor, ...]
     annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "manifests": [m.document() for m in self.manifests],
+        }
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        return doc
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.document())
 
 
 def parse_manifest(data: bytes) -> Manifest:
@@ -117,6 +140,8 @@ def parse_manifest(data: bytes) -> Manifest:
         config=_descriptor(obj.get("config"), "config"),
         layers=tuple(_descriptor(d, f"layers.{i}") for i, d in enumerate(layers)),
         annotations=_annotations(obj.get("annotations"), "annotations"),
+        artifact_type=_optional_str(obj.get("artifactType"), "artifactType"),
+        subject=None if obj.get("subject") is None else _descriptor(obj["subject"], "subject"),
     )
 
 
@@ -205,7 +230,14 @@ def _descriptor(obj: object, where: str) -> Descriptor:
         size=size,
         annotations=_annotations(obj.get("annotations"), f"{where}.annotations"),
         platform=_platform(obj.get("platform"), f"{where}.platform"),
+        artifact_type=_optional_str(obj.get("artifactType"), f"{where}.artifactType"),
     )
+
+
+def _optional_str(value: object, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ImageError(f"manifest {where} is not a string")
+    return value
 
 
 def _platform(value: object, where: str) -> Platform | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ociforge.errors import UsageError
 from ociforge.image.documents import Descriptor
+from ociforge.publish.attach import Attached
 from ociforge.publish.cache import default_cache_dir
 from ociforge.publish.reuse import LayerPreview
 from ociforge.reference import Reference
@@ -114,6 +115,8 @@ class PushResult:
     blobs: tuple[PushedBlob, ...]
     seconds: float  # the whole push, reading the closure with nix included (they overlap)
     up_to_date: bool = False  # every tag already held this manifest: nothing was sent
+    # The SBOM and signature attached to each repository (``api.push``'s ``supply``).
+    attached: tuple[Attached, ...] = ()
 
 
 @dataclass(frozen=True)

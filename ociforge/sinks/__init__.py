@@ -33,6 +33,7 @@ from ociforge.events import (
     reading,
     reporting,
 )
+from ociforge.image.documents import Descriptor
 from ociforge.sinks.files import check_output_file, is_streamed, replaced_atomically
 from ociforge.source import LayoutRef, parse_layout_ref
 
@@ -212,3 +213,17 @@ def _repo_tags(plan: ImagePlan, target: DockerArchiveTarget) -> Sequence[str]:
     base = roots[0].rsplit("/", 1)[-1].split("-", 1)[-1] if roots else "image"
     name = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "image"
     return [f"{name}:latest"]
+
+
+def attach_sbom_to_layout(directory: str, built: BuiltImage, sbom: bytes, media_type: str) -> str:
+    """Store the SBOM artifact about ``built`` in the layout, listed untagged in index.json
+    (where OCI layout readers such as oras find referrers); its manifest digest."""
+    from ociforge.sinks.oci_layout import OciLayout  # noqa: PLC0415
+    from ociforge.supply.artifacts import sbom_artifact  # noqa: PLC0415
+
+    layout = OciLayout(directory)
+    subject = Descriptor.of(built.manifest, built.manifest_media_type)
+    artifact = sbom_artifact(sbom, media_type, subject)
+    for blob in artifact.blobs:  # blobs before the index entry that names them
+        layout.write_blob(blob)
+    return str(layout.add_manifest(artifact.manifest, artifact.media_type, tag=None))

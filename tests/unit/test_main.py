@@ -14,7 +14,7 @@ try:
 except SystemExit:
     pass
 import ociforge.cli, ociforge.api
-unused = ("trio", "anyio", "rich", "pygments", "sqlite3", "pydantic")
+unused = ("trio", "anyio", "rich", "pygments", "sqlite3", "pydantic", "cyclonedx", "spdx_tools")
 loaded = [m for m in unused if sys.modules.get(m)]
 print("loaded:", ",".join(loaded))
 """
