@@ -35,6 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "sinks": _VALUES | {"source", "assemble", "image"},
     "registry": _VALUES,
     "publish": _VALUES | {"source", "assemble", "image", "sinks", "registry", "reference", "trust"},
+    # images.toml (model: pydantic) and push-all over one PushSession per registry
+    "batch": _VALUES
+    | {"source", "assemble", "image", "layering", "compress", "publish", "reference"},
     "api": _VALUES
     | {
         "source",
@@ -49,6 +52,7 @@ ALLOWED: dict[str, set[str]] = {
         "layering",
         "tarstream",
         "trust",
+        "batch",
     },
     "progress": {"events"},
     "cli": {"api", "errors", "progress"},
@@ -153,6 +157,13 @@ PUBLIC_API = {
     "TrustKeys",
     "UsageError",
     "build",
+    "resolve_images",
+    "push_many",
+    "push_index",
+    "ResolvedImage",
+    "IndexResult",
+    "ImageResult",
+    "BatchResult",
     "generate_key",
     "load_trust",
     "ci_annotations",

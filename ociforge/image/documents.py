@@ -97,6 +97,19 @@ class Index:
     manifests: tuple[Descriptor, ...]
     annotations: Mapping[str, str] = field(default_factory=dict)
 
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": self.media_type,
+            "manifests": [m.document() for m in self.manifests],
+        }
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        return doc
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.document())
+
 
 def parse_manifest(data: bytes) -> Manifest:
     """An image manifest written by anyone (OCI or Docker schema2); ImageError otherwise."""
@@ -145,6 +158,14 @@ def config_diff_ids(data: bytes) -> tuple[Digest, ...]:
     if not isinstance(diff_ids, list):
         raise ImageError("image config has no rootfs.diff_ids list")
     return tuple(_digest(d, f"rootfs.diff_ids.{i}") for i, d in enumerate(diff_ids))
+
+
+def config_platform(data: bytes) -> Platform:
+    """The platform an image config declares (``architecture``, ``os``, ``variant``)."""
+    obj = json_object(data, "image config")
+    return _platform(
+        {k: obj.get(k) for k in ("architecture", "os", "variant")}, "config"
+    ) or Platform("", "")
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
