@@ -30,7 +30,9 @@ class PlatformSource:
         """The per-platform tag suffix (``amd64``, ``arm64``, ``armv7``)."""
         if self.platform is None:
             return ""
-        return self.platform.architecture + (self.platform.variant or "")
+        arch, variant = self.platform.architecture, self.platform.variant
+        # arm64 is v8 (almost) always: only 32-bit arm needs its variant to be told apart.
+        return arch + (variant or "") if arch == "arm" else arch
 
     def options(self, base: ImageOptions) -> ImageOptions:
         if self.platform is None:
