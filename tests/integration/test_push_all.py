@@ -143,3 +143,22 @@ def test_a_mistake_in_the_file_names_file_entry_and_field(tmp_path: Path) -> Non
     run = ociforge("push-all", str(repo_file), env=cli_env(tmp_path / "home"))
     assert run.code == 2
     assert f"{repo_file}: images.web.sourc: Extra inputs are not permitted" in run.one_line_error()
+
+
+def test_index_joins_images_that_separate_jobs_pushed(
+    apps: BuiltClosure, token_registry: TokenRegistry, skopeo_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The GitLab pattern: one job per runner pushes TAG-ARCH, a last job joins them as TAG."""
+    env = cli_env(tmp_path / "home", token_registry.ci_env)
+    repo = f"{token_registry.image}/joined"
+    for arch in ("amd64", "arm64"):
+        done = ociforge("push", apps[APPS[0]], f"{repo}:v1-{arch}", "--arch", arch, env=env)
+        assert done.code == 0, done.explain()
+    run = ociforge("index", f"{repo}:v1", f"{repo}:v1-amd64", f"{repo}:v1-arm64", env=env)
+    assert run.code == 0, run.explain()
+    user = ["--creds", f"{token_registry.reader[0]}:{token_registry.reader[1]}"]
+    for arch in ("amd64", "arm64"):
+        got = inspect(skopeo_env, f"{repo}:v1", *user, "--override-arch", arch)
+        assert got["Architecture"] == arch
+    again = ociforge("index", f"{repo}:v1", f"{repo}:v1-amd64", f"{repo}:v1-arm64", env=env)
+    assert again.out == run.out  # the same index, byte for byte: nothing moved
