@@ -37,7 +37,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ociforge.assemble import ImageOptions
-from ociforge.batch.plan import PlatformSource, ResolvedImage, expand_tag, parse_platform
+from ociforge.batch.plan import (
+    PlatformSource,
+    ResolvedImage,
+    expand_tag,
+    expand_text,
+    parse_platform,
+)
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.errors import UsageError
 from ociforge.layering import STRATEGIES
@@ -59,7 +65,8 @@ class _Strict(BaseModel):
 class Defaults(_Strict):
     """What every image gets unless it says otherwise."""
 
-    registry: str | None = None  # host[:port]/path: an image's repository is registry/name
+    # host[:port]/path ($CI_REGISTRY_IMAGE works): an image's repository is registry/name
+    registry: str | None = None
     tags: tuple[str, ...] = ("latest",)
     format: Literal["oci", "docker"] = "oci"
     compression: Literal["gzip", "zstd", "none"] = "gzip"
@@ -126,7 +133,11 @@ class ImageRepo(_Strict):
         self, name: str, entry: ImageEntry, env: Mapping[str, str], now: datetime.datetime
     ) -> ResolvedImage:
         d = self.defaults
-        prefixes = ([d.registry] if d.registry else []) + list(entry.registries)
+        where = f"images.{name}"
+        prefixes = [
+            expand_text(p, env, now, where)
+            for p in ([d.registry] if d.registry else []) + list(entry.registries)
+        ]
         if not prefixes:
             raise UsageError(f"images.{name}: no registry: set defaults.registry or registries")
         tags = tuple(expand_tag(t, env, now, f"images.{name}") for t in entry.tags or d.tags)

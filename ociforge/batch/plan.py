@@ -75,6 +75,14 @@ def parse_platform(text: str) -> Platform:
 
 def expand_tag(template: str, env: Mapping[str, str], now: datetime.datetime, where: str) -> str:
     """A tag template with CI variables and the date filled in; refused unless a valid tag."""
+    tag = expand_text(template, env, now, where)
+    if not TAG_RE.fullmatch(tag):
+        raise UsageError(f"{where}: tag {template!r} gives {tag!r}, which is not a valid tag")
+    return tag
+
+
+def expand_text(template: str, env: Mapping[str, str], now: datetime.datetime, where: str) -> str:
+    """``$VAR``, ``${VAR}`` (which must be set), ``{date}`` and ``{date:FORMAT}`` filled in."""
 
     def fill(match: re.Match[str]) -> str:
         var = match.group(1) or match.group(2)
@@ -82,10 +90,7 @@ def expand_tag(template: str, env: Mapping[str, str], now: datetime.datetime, wh
             return now.strftime(match.group(3) or "%Y-%m-%d")
         value = env.get(var)
         if not value:
-            raise UsageError(f"{where}: tag {template!r} uses ${var}, which is not set")
+            raise UsageError(f"{where}: {template!r} uses ${var}, which is not set")
         return value
 
-    tag = _TEMPLATE_RE.sub(fill, template)
-    if not TAG_RE.fullmatch(tag):
-        raise UsageError(f"{where}: tag {template!r} gives {tag!r}, which is not a valid tag")
-    return tag
+    return _TEMPLATE_RE.sub(fill, template)

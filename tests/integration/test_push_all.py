@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_push_e2e import cli_env, ociforge
-from tests.support.nixstore import BuiltClosure, File, Package, Symlink, busybox_package
+from tests.support.nixstore import BuiltClosure, Entry, File, Package, Symlink, busybox_package
 from tests.support.nixstore import make_closure as build_closure
 from tests.support.podman import Podman
 from tests.support.registry_fixtures import TokenRegistry, skopeo
@@ -28,7 +28,10 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> BuiltClosure:
     packages = [busybox_package(), Package(SHARED, {"share/data.bin": noise})]
     for i, name in enumerate(APPS):
         script = f"#!@busybox@/bin/sh\necho tool {i} uses @{SHARED}@\n"
-        entries = {"bin/tool": File(script, executable=True), "bin/sh": Symlink("@busybox@/bin/sh")}
+        entries: dict[str, Entry] = {
+            "bin/tool": File(script, executable=True),
+            "bin/sh": Symlink("@busybox@/bin/sh"),
+        }
         packages.append(Package(name, entries, deps=("busybox", SHARED)))
     return build_closure(tmp_path_factory.mktemp("apps"), packages)
 
@@ -87,7 +90,7 @@ def test_push_all_shares_layers_writes_indexes_and_reruns_as_a_no_op(
         ref = f"{token_registry.image}/{name}:latest"
         index = _raw_as(skopeo_env, ref, user)
         assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
-        arches = {m["platform"]["architecture"] for m in index["manifests"]}  # type: ignore[attr-defined,index]
+        arches = {m["platform"]["architecture"] for m in index["manifests"]}  # type: ignore[attr-defined]
         assert arches == {"amd64", "arm64"}
         for arch in ("amd64", "arm64"):
             got = inspect(skopeo_env, ref, *user, "--override-arch", arch, "--override-os", "linux")

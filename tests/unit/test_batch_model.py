@@ -11,12 +11,13 @@ import pytest
 from ociforge.batch.model import load_image_repo
 from ociforge.errors import UsageError
 
+CI = {"CI_REGISTRY_IMAGE": "registry.example.com/g/p"}
 NOW = datetime.datetime(2026, 12, 3, 2, 0, tzinfo=datetime.timezone.utc)
 
 
 def repo_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "images.toml"
-    path.write_text('[defaults]\nregistry = "registry.example.com/g/p"\n' + text)
+    path.write_text('[defaults]\nregistry = "$CI_REGISTRY_IMAGE"\n' + text)
     return path
 
 
@@ -26,7 +27,7 @@ def test_tags_use_ci_variables_and_the_date(tmp_path: Path) -> None:
         'tags = ["latest", "nightly-{date}", "${CI_COMMIT_SHORT_SHA}", "d{date:%Y%m%d}"]\n'
         '[images.tools]\nsource = ".#tools"\n',
     )
-    [image] = load_image_repo(path).resolve({"CI_COMMIT_SHORT_SHA": "abc12345"}, NOW)
+    [image] = load_image_repo(path).resolve({"CI_COMMIT_SHORT_SHA": "abc12345", **CI}, NOW)
     assert image.destinations() == (
         "registry.example.com/g/p/tools:latest",
         "registry.example.com/g/p/tools:nightly-2026-12-03",
@@ -37,8 +38,8 @@ def test_tags_use_ci_variables_and_the_date(tmp_path: Path) -> None:
 
 def test_an_unset_variable_is_an_error_naming_the_image(tmp_path: Path) -> None:
     path = repo_file(tmp_path, 'tags = ["$CI_PIPELINE_IID"]\n[images.tools]\nsource = "x"\n')
-    with pytest.raises(UsageError, match=r"images.tools: tag .* uses \$CI_PIPELINE_IID"):
-        load_image_repo(path).resolve({}, NOW)
+    with pytest.raises(UsageError, match=r"images.tools: .* uses \$CI_PIPELINE_IID"):
+        load_image_repo(path).resolve(CI, NOW)
 
 
 def test_platforms_become_oci_platforms_and_tag_suffixes(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_platforms_become_oci_platforms_and_tag_suffixes(tmp_path: Path) -> None
         tmp_path,
         '[images.b.platforms]\nx86_64-linux = "a"\naarch64-linux = "b"\n"linux/arm/v7" = "c"\n',
     )
-    [image] = load_image_repo(path).resolve({}, NOW)
+    [image] = load_image_repo(path).resolve(CI, NOW)
     assert image.multi_platform
     got = {(c.platform.architecture, c.suffix(), c.source) for c in image.children if c.platform}
     assert got == {("amd64", "amd64", "a"), ("arm64", "arm64", "b"), ("arm", "armv7", "c")}
