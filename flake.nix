@@ -7,7 +7,7 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      pythonDeps = ps: with ps; [ httpx click tqdm zstandard cryptography ];
+      pythonDeps = ps: with ps; [ httpx click tqdm zstandard cryptography pydantic ];
       testDeps = ps: with ps; [ pytest pytest-timeout mypy ];
     in
     {

@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ociforge.api import (
+        BatchResult,
         BuildResult,
+        ImageResult,
+        IndexResult,
+        ResolvedImage,
         build,
         generate_key,
         host_system,
@@ -23,6 +27,9 @@ if TYPE_CHECKING:
         load_trust,
         preview,
         push,
+        push_index,
+        push_many,
+        resolve_images,
     )
     from ociforge.assemble import BuiltImage, ImageOptions
     from ociforge.assemble.annotations import ci_annotations
@@ -121,6 +128,13 @@ _EXPORTS: dict[str, str] = {
     "TarOptions": "ociforge.tarstream",
     "UsageError": "ociforge.errors",
     "build": "ociforge.api",
+    "BatchResult": "ociforge.api",
+    "ImageResult": "ociforge.api",
+    "IndexResult": "ociforge.api",
+    "ResolvedImage": "ociforge.api",
+    "push_index": "ociforge.api",
+    "push_many": "ociforge.api",
+    "resolve_images": "ociforge.api",
     "generate_key": "ociforge.api",
     "load_trust": "ociforge.api",
     "TrustKeys": "ociforge.trust",
@@ -139,6 +153,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "STRATEGIES",
     "AuthError",
+    "BatchResult",
     "BlobFinished",
     "BlobProgress",
     "BlobRetry",
@@ -155,7 +170,9 @@ __all__ = [
     "Event",
     "ImageError",
     "ImageOptions",
+    "ImageResult",
     "ImageSource",
+    "IndexResult",
     "InputProgress",
     "LayerPlan",
     "LayerPreview",
@@ -171,6 +188,7 @@ __all__ = [
     "Reference",
     "RegistryError",
     "RegistryOptions",
+    "ResolvedImage",
     "RuntimeConfig",
     "SourceSpec",
     "StorePathInfo",
@@ -193,7 +211,10 @@ __all__ = [
     "plan_layers",
     "preview",
     "push",
+    "push_index",
+    "push_many",
     "read_closure",
+    "resolve_images",
     "sbom",
     "verify",
 ]

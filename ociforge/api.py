@@ -12,14 +12,19 @@ else of ociforge but its errors and its progress display.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ociforge.assemble import BuiltImage, ImageOptions, ImagePlan, plan_source
 from ociforge.assemble.annotations import parse_annotation_items
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.plan import host_system
+from ociforge.batch.plan import ResolvedImage
+from ociforge.batch.run import BatchResult, ImageResult
+from ociforge.batch.run import push_many as _push_many
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
@@ -29,6 +34,7 @@ from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.nix.runner import terminate_children
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
+from ociforge.publish.index import IndexResult, join_images
 from ociforge.publish.options import check_destinations
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials, check_ca_bundle
@@ -58,15 +64,19 @@ from ociforge.trust import TrustKeys, generate_key, trust_from_environment
 __all__ = [
     "EPOCH_PLUS_ONE",
     "STRATEGIES",
+    "BatchResult",
     "BuildResult",
     "Compression",
     "CompressionOptions",
     "Credentials",
     "EssentialsOptions",
     "ImageOptions",
+    "ImageResult",
+    "IndexResult",
     "PushPreview",
     "PushResult",
     "RegistryOptions",
+    "ResolvedImage",
     "RuntimeConfig",
     "SupplyOptions",
     "TarOptions",
@@ -85,6 +95,9 @@ __all__ = [
     "parse_reference",
     "preview",
     "push",
+    "push_index",
+    "push_many",
+    "resolve_images",
     "sbom",
     "terminate_children",
     "verify",
@@ -268,6 +281,75 @@ def preview(
     opts = options or ImageOptions()
     with PushSession(refs[0].registry, reg, on_event) as session:
         return session.preview(lambda: plan_source(spec, opts, on_event=on_event), refs)
+
+
+def resolve_images(
+    path: str | Path,
+    *,
+    only: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    now: datetime.datetime | None = None,
+) -> tuple[ResolvedImage, ...]:
+    """The images of ``images.toml`` as a run pushes them: tags filled in from ``env`` (default:
+    this process's environment) and ``now`` (default: the current UTC time); ``only``: these
+    entries. Raises :class:`UsageError` naming the file, entry and field of a mistake."""
+    # pydantic is loaded only here: a plain push's start-up never pays for it.
+    from ociforge.batch.model import load_image_repo  # noqa: PLC0415
+
+    repo = load_image_repo(path)
+    unknown = sorted(set(only) - repo.images.keys())
+    if unknown:
+        raise UsageError(f"{path}: no image named {', '.join(unknown)}")
+    resolved = repo.resolve(
+        os.environ if env is None else env, now or datetime.datetime.now(datetime.timezone.utc)
+    )
+    return tuple(r for r in resolved if not only or r.name in only)
+
+
+def push_many(
+    images: str | Path | Sequence[ResolvedImage],
+    *,
+    registry: RegistryOptions | None = None,
+    only: Sequence[str] = (),
+    fail_fast: bool = False,
+    nix: str = "nix",
+    on_event: ProgressCallback = ignore_event,
+    on_image: Callable[[ImageResult], None] = lambda result: None,
+) -> BatchResult:
+    """Push every image of ``images.toml`` (a path) or of :func:`resolve_images`' result, one
+    session per registry: one token, one connection pool, ``registry.jobs`` blobs at once.
+
+    Layers several images share go up once and are mounted into the other repositories. A
+    failed image does not stop the others unless ``fail_fast``; each result says what
+    happened (``pushed``, ``up to date``: nothing written, ``failed``, ``not run``) and
+    ``on_image`` hears it as it finishes. Multi-platform images get their children under
+    ``TAG-ARCH`` and an index under the tags.
+
+    Example::
+
+        result = ociforge.push_many("images.toml", registry=ociforge.RegistryOptions(jobs=8))
+        print([(r.name, r.status) for r in result.images], result.uploaded_bytes)
+    """
+    resolved = resolve_images(images, only=only) if isinstance(images, (str, Path)) else images
+    return _push_many(
+        resolved, registry, fail_fast=fail_fast, nix=nix, on_event=on_event, on_image=on_image
+    )
+
+
+def push_index(
+    destinations: Sequence[str | Reference],
+    sources: Sequence[str | Reference],
+    *,
+    registry: RegistryOptions | None = None,
+    on_event: ProgressCallback = ignore_event,
+) -> IndexResult:
+    """Join images pushed by separate jobs (``REPO:TAG-amd64``, ``REPO:TAG-arm64``) into one
+    index under ``destinations`` (tags of one repository); each child's platform is read from
+    its config. Children in other repositories of the registry are mounted, not copied."""
+    refs, reg = _destinations(destinations, registry)
+    srcs = [s if isinstance(s, Reference) else parse_reference(s) for s in sources]
+    with PushSession(refs[0].registry, reg, on_event) as session:
+        return join_images(session, refs, srcs)
 
 
 def load_trust(

@@ -31,12 +31,14 @@ from click.core import ParameterSource
 from ociforge.api import (
     EPOCH_PLUS_ONE,
     STRATEGIES,
+    BatchResult,
     BuildResult,
     Compression,
     CompressionOptions,
     Credentials,
     EssentialsOptions,
     ImageOptions,
+    ImageResult,
     PushPreview,
     PushResult,
     RegistryOptions,
@@ -55,12 +57,14 @@ from ociforge.api import (
     parse_reference,
     preview,
     push,
+    push_index,
+    push_many,
     sbom,
     terminate_children,
     verify,
 )
 from ociforge.errors import Interrupted, OciforgeError, UsageError, VerificationError
-from ociforge.progress import MODES, ProgressDisplay
+from ociforge.progress import MODES, ProgressDisplay, human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -889,6 +893,33 @@ def verify_command(reference: str, key_file: str | None, source: str | None, **k
         if not report.ok:
             raise VerificationError("; ".join(c.detail for c in report.failures))
 
+
+@main.command("push-all")
+@click.argument("file", metavar="IMAGES.TOML", type=click.Path(dir_okay=False))
+@click.option("--only", multiple=True, metavar="NAME", help="Only this image. Repeatable.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first image that fails.")
+@click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable.")
+@_options(_REGISTRY_OPTIONS)
+@_options(_COMMON_OPTIONS)
+def push_all_command(file: str, **kw: Any) -> None:
+    """Push every image IMAGES.TOML describes: one login and one connection pool per
+    registry, shared layers uploaded once. A line per image on stderr; REF@sha256:<digest>
+    per tag on stdout (--json: one result per image). Exit 1 if any image failed."""
+
+    def action() -> None:
+        if kw["dry_run"]:
+            raise UsageError("push-all has no --dry-run: use push --dry-run for one image")
+        quiet = kw["quiet"]
+        result = push_many(
+            file,
+            registry=_registry_options(kw),
+            only=kw["only"],
+            fail_fast=kw["fail_fast"],
+            nix=kw["nix_bin"],
+            on_image=lambda r: None if quiet else click.echo(_image_line(r), err=True),
+        )
+        _report_push_all(result, kw["as_json"], quiet)
+
     _run(kw["debug"], action)
 
 
@@ -901,3 +932,65 @@ def _report_verify(report: VerifyReport, as_json: bool) -> None:
     click.echo(f"{report.reference}@{report.manifest_digest}")
     for check in report.checks:
         click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<9} {check.detail}")
+
+
+def _image_line(result: ImageResult) -> str:
+    if result.status in ("failed", "not run"):
+        return f"ociforge: {result.name}: {result.status}" + (
+            f": {result.error}" if result.error else ""
+        )
+    sent = human_size(result.uploaded_bytes)
+    return f"ociforge: {result.name}: {result.status} ({sent} uploaded, {result.seconds:.1f} s)"
+
+
+def _report_push_all(result: BatchResult, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        summary = {
+            "images": [r.to_json() for r in result.images],
+            "uploaded_bytes": result.uploaded_bytes,
+            "layer_bytes": result.layer_bytes,
+            "store_bytes": result.store_bytes,
+            "seconds": round(result.seconds, 3),
+        }
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for image in result.images:
+            for ref in image.references if image.digest else ():
+                click.echo(f"{ref}@{image.digest}")
+    if not quiet:
+        click.echo(
+            f"ociforge: {len(result.images) - len(result.failed)} of {len(result.images)} "
+            f"images done: {human_size(result.uploaded_bytes)} uploaded for "
+            f"{human_size(result.layer_bytes)} of distinct layers in {result.seconds:.1f} s",
+            err=True,
+        )
+    if result.failed:
+        names = ", ".join(r.name for r in result.failed)
+        raise OciforgeError(f"{len(result.failed)} of {len(result.images)} images failed: {names}")
+
+
+@main.command("index")
+@click.argument("dest", metavar="DEST")
+@click.argument("sources", nargs=-1, required=True, metavar="SRC...")
+@click.option("--tag", "more_tags", multiple=True, metavar="TAG", help="Also under this tag.")
+@_options(_REGISTRY_OPTIONS)
+@_options(_COMMON_OPTIONS)
+def index_command(dest: str, sources: tuple[str, ...], **kw: Any) -> None:
+    """Join images pushed by separate jobs (REPO:TAG-amd64, REPO:TAG-arm64, same registry)
+    into one multi-platform index at DEST (REPO:TAG); each child's platform comes from its
+    config. Prints DEST@sha256:<digest>."""
+
+    def action() -> None:
+        if kw["dry_run"]:
+            raise UsageError("index has no --dry-run")
+        name = dest.rsplit(":", 1)[0] if ":" in dest.rsplit("/", 1)[-1] else dest
+        dests = [dest, *(f"{name}:{t}" for t in kw["more_tags"])]
+        result = push_index(dests, list(sources), registry=_registry_options(kw))
+        if kw["as_json"]:
+            doc = {"references": list(result.references), "digest": result.digest}
+            click.echo(json.dumps({**doc, "up_to_date": result.up_to_date}, indent=2))
+            return
+        for ref in result.references:
+            click.echo(f"{ref}@{result.digest}")
+
+    _run(kw["debug"], action)

@@ -37,6 +37,9 @@ ALLOWED: dict[str, set[str]] = {
     "registry": _VALUES,
     "publish": _VALUES
     | {"source", "assemble", "image", "sinks", "registry", "reference", "trust", "supply"},
+    # images.toml (model: pydantic) and push-all over one PushSession per registry
+    "batch": _VALUES
+    | {"source", "assemble", "image", "layering", "compress", "publish", "reference"},
     "api": _VALUES
     | {
         "source",
@@ -53,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
         "trust",
         "supply",
         "supplyapi",
+        "batch",
     },
     "supplyapi": _VALUES
     | {"source", "nix", "assemble", "publish", "registry", "reference", "sinks", "supply"},
@@ -162,6 +166,13 @@ PUBLIC_API = {
     "UsageError",
     "build",
     "generate_cosign_key",
+    "resolve_images",
+    "push_many",
+    "push_index",
+    "ResolvedImage",
+    "IndexResult",
+    "ImageResult",
+    "BatchResult",
     "generate_key",
     "load_cosign_key",
     "load_trust",

@@ -172,6 +172,14 @@ def config_diff_ids(data: bytes) -> tuple[Digest, ...]:
     return tuple(_digest(d, f"rootfs.diff_ids.{i}") for i, d in enumerate(diff_ids))
 
 
+def config_platform(data: bytes) -> Platform:
+    """The platform an image config declares (``architecture``, ``os``, ``variant``)."""
+    obj = json_object(data, "image config")
+    return _platform(
+        {k: obj.get(k) for k in ("architecture", "os", "variant")}, "config"
+    ) or Platform("", "")
+
+
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     """``data`` as a JSON object; ImageError naming ``what`` otherwise."""
     try:

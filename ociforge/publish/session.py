@@ -92,6 +92,9 @@ class PushSession:
         self.cache: LayerCache | None = None  # made for each plan: its trust keys sign it
         # Layers this session streamed itself: the next image of a batch knows them.
         self._learned: dict[str, LayerDigests] = {}
+        # Where this session put each blob: another repository mounts it from there instead
+        # of streaming it again (push-all: layers shared by several images go up once).
+        self._placed: dict[Digest, str] = {}
         self._client: RegistryClient | None = None
 
     @property
@@ -302,6 +305,7 @@ class PushSession:
         try:
             uploaded = iter(self._upload(repo, jobs))
             results = [there[i] if i in there else next(uploaded) for i in range(len(plan.layers))]
+            self._placed.update((r.digest, repo) for r in results)
         except DigestMismatchError as error:
             # A known digest that the layer does not reproduce: the knowledge was stale. Forget
             # it and push again trusting only what the streams compute. A mismatch without
@@ -355,7 +359,11 @@ class PushSession:
                     key=key,
                     open_stream=_remembering(opener, streams, layer.key, lock),
                     expected=hit.digest if hit else None,
-                    mount_from=self.options.mount_source(repo) if hit else None,
+                    mount_from=(
+                        self._placed.get(hit.digest) or self.options.mount_source(repo)
+                        if hit
+                        else None
+                    ),
                     size=hit.size if hit else None,
                     description=layer.comment,
                 )
