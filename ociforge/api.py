@@ -29,10 +29,12 @@ from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.nix.runner import terminate_children
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
+from ociforge.publish.base import BaseResolver
 from ociforge.publish.options import check_destinations
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
+    BASE_IN_ARCHIVE,
     DockerArchiveTarget,
     Target,
     check_target,
@@ -86,6 +88,7 @@ class BuildResult:
     config_digest: str
     layers: int
     image: BuiltImage
+    base_digest: str | None = None  # --from: the manifest digest the base resolved to
 
 
 def load_closure(
@@ -130,9 +133,11 @@ def build(
     closure_json: str | None = None,
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
+    registry: RegistryOptions | None = None,
 ) -> BuildResult:
     """Build the image of ``source`` into ``target`` (``oci:DIR[:TAG]``,
     ``docker-archive:FILE|-``). ``devshell`` and ``contents`` as in :func:`load_source`.
+    ``registry``: how to reach the registry of ``options.base`` (``--from``), if any.
 
     Example::
 
@@ -149,6 +154,8 @@ def build(
     if spec.layout is not None:
         raise UsageError(f"build makes images of closures; {spec.layout} is one already")
     opts = options or ImageOptions()
+    if opts.base is not None and isinstance(parsed, DockerArchiveTarget):
+        raise UsageError(BASE_IN_ARCHIVE)
     if isinstance(parsed, DockerArchiveTarget):
         # docker load wants plain tar layers and Docker media types, and Docker manifests
         # carry no annotations (the ones GitLab CI adds by itself included).
@@ -156,16 +163,19 @@ def build(
             opts, format="docker", compression=CompressionOptions(Compression.NONE), annotations={}
         )
     plan = plan_source(spec, opts, on_event=on_event)
-    if isinstance(parsed, DockerArchiveTarget):
-        built = write_docker_archive(plan, parsed, on_event)
-    else:
-        built = write_oci(plan, parsed, on_event)
+    with BaseResolver(registry, on_event) as bases:
+        plan = bases.attach(plan)
+        if isinstance(parsed, DockerArchiveTarget):
+            built = write_docker_archive(plan, parsed, on_event)
+        else:
+            built = write_oci(plan, parsed, on_event)
     return BuildResult(
         target=str(parsed),
         manifest_digest=built.manifest_digest,
         config_digest=str(Digest.of(built.config)),
         layers=len(built.layers),
         image=built,
+        base_digest=None if plan.base is None else str(plan.base.digest),
     )
 
 
@@ -199,13 +209,17 @@ def push(
     spec = parse_source(
         source, closure_json=closure_json, devshell=devshell, contents=contents, nix=nix
     )
-    with PushSession(refs[0].registry, reg, on_event) as session:
+    destination = refs[0].registry
+    with (
+        PushSession(destination, reg, on_event) as session,
+        BaseResolver(reg, on_event, destination=destination) as bases,
+    ):
         if spec.layout is not None:
             _no_image_options(spec.layout, options)
             return session.push_layout(spec.layout, refs)
         opts = options or ImageOptions()
         # Made while the registry is asked what the tags hold: nix and the round trips overlap.
-        return session.push(lambda: plan_source(spec, opts, on_event=on_event), refs)
+        return session.push(lambda: bases.attach(plan_source(spec, opts, on_event=on_event)), refs)
 
 
 def preview(
@@ -228,8 +242,14 @@ def preview(
     if spec.layout is not None:
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
     opts = options or ImageOptions()
-    with PushSession(refs[0].registry, reg, on_event) as session:
-        return session.preview(lambda: plan_source(spec, opts, on_event=on_event), refs)
+    destination = refs[0].registry
+    with (
+        PushSession(destination, reg, on_event) as session,
+        BaseResolver(reg, on_event, destination=destination) as bases,
+    ):
+        return session.preview(
+            lambda: bases.attach(plan_source(spec, opts, on_event=on_event)), refs
+        )
 
 
 def load_trust(

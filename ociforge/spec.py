@@ -82,3 +82,25 @@ def manifest_media_type(fmt: ImageFormat) -> str:
 def config_media_type(fmt: ImageFormat) -> str:
     _check_format(fmt)
     return OCI_CONFIG if fmt == "oci" else DOCKER_CONFIG
+
+
+# A base image's layers keep their bytes; only the name of their type follows the manifest's
+# format (Docker's gzip and tar layer types are the OCI ones under another name).
+_LAYER_COMPRESSION: dict[str, str] = {
+    OCI_LAYER_TAR: "none",
+    OCI_LAYER_GZIP: "gzip",
+    OCI_LAYER_ZSTD: "zstd",
+    DOCKER_LAYER_TAR: "none",
+    DOCKER_LAYER_GZIP: "gzip",
+}
+
+
+def layer_media_type_in(fmt: ImageFormat, media_type: str) -> str:
+    """The media type a base image's layer of ``media_type`` has in a ``fmt`` manifest."""
+    compression = _LAYER_COMPRESSION.get(media_type)
+    if compression is None:
+        raise UsageError(
+            f"the base image has a layer of media type {media_type!r}, which ociforge cannot "
+            "carry over (only tar, tar+gzip and tar+zstd layers)"
+        )
+    return layer_media_type(fmt, compression)

@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "image": _VALUES,
     "source": _VALUES | {"nix"},
     "trust": _VALUES,
-    "assemble": _VALUES | {"nix", "source", "layering", "tarstream", "compress", "image", "trust"},
+    "assemble": _VALUES
+    | {"nix", "source", "layering", "tarstream", "compress", "image", "trust", "reference"},
     "sinks": _VALUES | {"source", "assemble", "image"},
     "registry": _VALUES,
     "publish": _VALUES | {"source", "assemble", "image", "sinks", "registry", "reference", "trust"},

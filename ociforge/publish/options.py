@@ -114,6 +114,7 @@ class PushResult:
     blobs: tuple[PushedBlob, ...]
     seconds: float  # the whole push, reading the closure with nix included (they overlap)
     up_to_date: bool = False  # every tag already held this manifest: nothing was sent
+    base_digest: str | None = None  # --from: the manifest digest the base resolved to
 
 
 @dataclass(frozen=True)
