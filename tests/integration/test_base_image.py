@@ -102,7 +102,7 @@ def write_base_layout(layout: Path) -> tuple[bytes, bytes]:
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": entries,
     }
-    index_entry = _blob(layout, json.dumps(index).encode(), index["mediaType"])
+    index_entry = _blob(layout, json.dumps(index).encode(), str(index["mediaType"]))
     index_entry["annotations"] = {"org.opencontainers.image.ref.name": "1"}
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     top = {"schemaVersion": 2, "manifests": [index_entry]}
