@@ -34,11 +34,13 @@ from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.nix.runner import terminate_children
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
+from ociforge.publish.base import BaseResolver
 from ociforge.publish.index import IndexResult, join_images
 from ociforge.publish.options import check_destinations
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
+    BASE_IN_ARCHIVE,
     DockerArchiveTarget,
     Target,
     check_target,
@@ -116,6 +118,7 @@ class BuildResult:
     layers: int
     image: BuiltImage
     sbom_digest: str | None = None  # the SBOM artifact's manifest, with ``sbom_format``
+    base_digest: str | None = None  # --from: the manifest digest the base resolved to
 
 
 def load_closure(
@@ -161,10 +164,12 @@ def build(
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
     sbom_format: str | None = None,
+    registry: RegistryOptions | None = None,
 ) -> BuildResult:
     """Build the image of ``source`` into ``target`` (``oci:DIR[:TAG]``,
     ``docker-archive:FILE|-``). ``devshell`` and ``contents`` as in :func:`load_source`.
     ``sbom_format`` (``cyclonedx``/``spdx``): an SBOM artifact about the image joins the layout.
+    ``registry``: how to reach the registry of ``options.base`` (``--from``), if any.
 
     Example::
 
@@ -181,6 +186,8 @@ def build(
     if spec.layout is not None:
         raise UsageError(f"build makes images of closures; {spec.layout} is one already")
     opts = options or ImageOptions()
+    if opts.base is not None and isinstance(parsed, DockerArchiveTarget):
+        raise UsageError(BASE_IN_ARCHIVE)
     if isinstance(parsed, DockerArchiveTarget):
         # docker load wants plain tar layers and Docker media types, and Docker manifests
         # carry no annotations (the ones GitLab CI adds by itself included).
@@ -191,10 +198,12 @@ def build(
         raise UsageError("--sbom attaches to OCI images: build to oci:DIR, or push")
     sbom_media_type(sbom_format or "cyclonedx")  # an unknown format fails before nix runs
     plan = plan_source(spec, opts, on_event=on_event)
-    if isinstance(parsed, DockerArchiveTarget):
-        built = write_docker_archive(plan, parsed, on_event)
-    else:
-        built = write_oci(plan, parsed, on_event)
+    with BaseResolver(registry, on_event) as bases:
+        plan = bases.attach(plan)
+        if isinstance(parsed, DockerArchiveTarget):
+            built = write_docker_archive(plan, parsed, on_event)
+        else:
+            built = write_oci(plan, parsed, on_event)
     sbom_digest = None
     if sbom_format is not None and not isinstance(parsed, DockerArchiveTarget):
         sbom_digest = layout_sbom(parsed, plan.closure, built, sbom_format)
@@ -205,6 +214,7 @@ def build(
         layers=len(built.layers),
         image=built,
         sbom_digest=sbom_digest,
+        base_digest=None if plan.base is None else str(plan.base.digest),
     )
 
 
@@ -242,7 +252,11 @@ def push(
         source, closure_json=closure_json, devshell=devshell, contents=contents, nix=nix
     )
     supply = supply or SupplyOptions.from_environment()
-    with PushSession(refs[0].registry, reg, on_event) as session:
+    destination = refs[0].registry
+    with (
+        PushSession(destination, reg, on_event) as session,
+        BaseResolver(reg, on_event, destination=destination) as bases,
+    ):
         if spec.layout is not None:
             _no_image_options(spec.layout, options)
             supply.check_layout_source(spec.layout)
@@ -251,7 +265,7 @@ def push(
         plans: list[ImagePlan] = []  # the SBOM is made of the closure the plan read
 
         def make() -> ImagePlan:
-            plans.append(plan_source(spec, opts, on_event=on_event))
+            plans.append(bases.attach(plan_source(spec, opts, on_event=on_event)))
             return plans[-1]
 
         # Made while the registry is asked what the tags hold: nix and the round trips overlap.
@@ -279,8 +293,14 @@ def preview(
     if spec.layout is not None:
         raise UsageError("--dry-run previews images built from an installable, not oci: sources")
     opts = options or ImageOptions()
-    with PushSession(refs[0].registry, reg, on_event) as session:
-        return session.preview(lambda: plan_source(spec, opts, on_event=on_event), refs)
+    destination = refs[0].registry
+    with (
+        PushSession(destination, reg, on_event) as session,
+        BaseResolver(reg, on_event, destination=destination) as bases,
+    ):
+        return session.preview(
+            lambda: bases.attach(plan_source(spec, opts, on_event=on_event)), refs
+        )
 
 
 def resolve_images(

@@ -212,6 +212,15 @@ _IMAGE_OPTIONS = [
         show_default=True,
         help="RFC 3339 time or 'now' (makes the config non-reproducible).",
     ),
+    click.option(
+        "--from",
+        "base",
+        metavar="REF",
+        help=(
+            "Put the layers of image REF (REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) below "
+            "the Nix layers; its config is merged (see README, Base images)."
+        ),
+    ),
     click.option("--arch", help="Override the architecture (default: from the closure)."),
     click.option("--os", "os_name", help="Override the OS (default: linux)."),
     click.option("--variant", help="Override the architecture variant."),
@@ -341,6 +350,7 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
         entrypoint_hook=kw["entrypoint_hook"],
         annotations=parse_annotation_items(kw["annotations"]),
         trust=load_trust(kw["signing_key"], kw["trusted_keys"]),
+        base=kw["base"],
     )
 
 
@@ -529,6 +539,8 @@ def _report_build(
             "config_digest": result.config_digest,
             "layers": _layer_rows(result),
         }
+        if result.base_digest is not None:
+            summary["base_digest"] = result.base_digest
         click.echo(json.dumps(summary, indent=2), err=not to_stdout)
     else:
         click.echo(f"{result.target}@{result.manifest_digest}", err=not to_stdout)
@@ -769,6 +781,8 @@ def _report_push(result: PushResult, as_json: bool, display: ProgressDisplay) ->
                 for b in result.blobs
             ],
         }
+        if result.base_digest is not None:
+            summary["base_digest"] = result.base_digest
         click.echo(json.dumps(summary, indent=2))
         return
     for ref in result.references:

@@ -108,3 +108,25 @@ def sbom_media_type(fmt: str) -> str:
         return SBOM_MEDIA_TYPES[fmt]
     except KeyError:
         raise UsageError(f"unknown SBOM format {fmt!r}: use 'cyclonedx' or 'spdx'") from None
+
+
+# A base image's layers keep their bytes; only the name of their type follows the manifest's
+# format (Docker's gzip and tar layer types are the OCI ones under another name).
+_LAYER_COMPRESSION: dict[str, str] = {
+    OCI_LAYER_TAR: "none",
+    OCI_LAYER_GZIP: "gzip",
+    OCI_LAYER_ZSTD: "zstd",
+    DOCKER_LAYER_TAR: "none",
+    DOCKER_LAYER_GZIP: "gzip",
+}
+
+
+def layer_media_type_in(fmt: ImageFormat, media_type: str) -> str:
+    """The media type a base image's layer of ``media_type`` has in a ``fmt`` manifest."""
+    compression = _LAYER_COMPRESSION.get(media_type)
+    if compression is None:
+        raise UsageError(
+            f"the base image has a layer of media type {media_type!r}, which ociforge cannot "
+            "carry over (only tar, tar+gzip and tar+zstd layers)"
+        )
+    return layer_media_type(fmt, compression)

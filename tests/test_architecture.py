@@ -32,7 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "source": _VALUES | {"nix"},
     "trust": _VALUES,
     "supply": _VALUES | {"nix", "image"},
-    "assemble": _VALUES | {"nix", "source", "layering", "tarstream", "compress", "image", "trust"},
+    "assemble": _VALUES
+    | {"nix", "source", "layering", "tarstream", "compress", "image", "trust", "reference"},
     "sinks": _VALUES | {"source", "assemble", "image", "supply"},
     "registry": _VALUES,
     "publish": _VALUES

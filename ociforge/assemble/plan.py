@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ociforge.assemble.annotations import check_annotations, ci_annotations, merge_annotations
+from ociforge.assemble.base import BaseImage, config_on_base, merged_runtime
 from ociforge.assemble.customise import customise
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.layer import (
@@ -37,11 +38,13 @@ from ociforge.image.config import (
 from ociforge.image.documents import Descriptor, Manifest, canonical_bytes
 from ociforge.layering import plan_layers
 from ociforge.nix.closure import Closure
-from ociforge.source import ImageSource, SourceSpec, load_source
+from ociforge.reference import parse_reference
+from ociforge.source import ImageSource, SourceSpec, load_source, parse_layout_ref
 from ociforge.spec import (
     ImageFormat,
     config_media_type,
     layer_media_type,
+    layer_media_type_in,
     manifest_media_type,
 )
 from ociforge.tarstream import TarEntry, TarOptions
@@ -74,10 +77,14 @@ class ImageOptions:
     # Who signs the manifest's layer-key table and whose tables are trusted (ociforge.trust);
     # None: as OCIFORGE_SIGNING_KEY / OCIFORGE_TRUSTED_KEYS say in plan_source's environment.
     trust: TrustKeys | None = field(default=None, repr=False, compare=False)
+    # --from: the image whose layers go below ours (REGISTRY/REPO[:TAG|@DIGEST], or
+    # oci:DIR[:TAG]); resolved and pinned by digest when the image is made (publish.base).
+    base: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, for API callers too, before nix builds anything.
         _check_format(self)
+        check_base_name(self.base)
         check_runtime(self.runtime, self.created)
         if self.entrypoint_hook and self.runtime.entrypoint is not None:
             raise UsageError(
@@ -107,6 +114,7 @@ class ImagePlan:
     default_path: str | None = None
     warnings: tuple[str, ...] = ()  # what the image will lack (no /bin/sh, no CA bundle...)
     annotations: Mapping[str, str] = field(default_factory=dict)  # the manifest's, merged
+    base: BaseImage | None = None  # its layers go below ours (ImageOptions.base, resolved)
 
     def finish(self, results: Sequence[LayerDigests]) -> BuiltImage:
         """Serialise config and manifest once the layers' digests are known."""
@@ -253,6 +261,23 @@ def _describe(entries: Sequence[TarEntry]) -> str:
     return ", ".join(sorted({"/" + e.name.split("/")[1] for e in entries}))
 
 
+def check_base_name(base: str | None) -> None:
+    """UsageError unless ``base`` is a registry reference or ``oci:DIR[:TAG]``."""
+    if base is None:
+        return
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"--from needs an image reference, got {base!r}")
+    if base.startswith("oci:"):
+        parse_layout_ref(base)
+    else:
+        parse_reference(base)
+
+
+def image_platform(plan: ImagePlan) -> tuple[str, str, str | None]:
+    """The image's (architecture, os, variant): what a base image's index is searched for."""
+    return _platform(plan)
+
+
 def _check_format(options: ImageOptions) -> None:
     if options.format == "docker" and options.compression.algorithm is Compression.ZSTD:
         raise UsageError("--format docker cannot carry zstd layers: use --compression gzip")
@@ -298,10 +323,13 @@ def _signature(plan: ImagePlan, results: Sequence[LayerDigests]) -> dict[str, st
 def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
     # Plain JSON documents (image/documents.py): cheap enough that a warm push serialises the
     # manifest it would push to compare it with the tag's (the bytes are pinned by a test).
-    opts = plan.options
+    opts, base = plan.options, plan.base
     arch, os_name, variant = _platform(plan)
+    runtime = plan.runtime
+    if base is not None:
+        runtime = merged_runtime(base.config, runtime, plan.default_path)
     config = config_document(
-        runtime=plan.runtime,
+        runtime=runtime,
         architecture=arch,
         os=os_name,
         variant=variant,
@@ -310,11 +338,13 @@ def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
         created=opts.created,
         default_path=plan.default_path,
     )
+    if base is not None:
+        config = config_on_base(config, base.config)
     config_bytes = canonical_bytes(config)
     cfg_type = config_media_type(opts.format)
     # Docker schema2 has no annotations; OCI descriptors carry the layer key so the next push,
     # even on a fresh runner, recognises unchanged layers from the manifest alone.
-    layers = tuple(
+    layers = _base_layers(plan) + tuple(
         Descriptor(layer.media_type, r.digest, r.size, _layer_annotations(plan, layer))
         for layer, r in zip(plan.layers, results, strict=True)
     )
@@ -322,13 +352,33 @@ def _finish(plan: ImagePlan, results: Sequence[LayerDigests]) -> BuiltImage:
         manifest_media_type(opts.format),
         Descriptor.of(config_bytes, cfg_type),
         layers,
-        {**plan.annotations, **_signature(plan, results)},  # none for Docker
+        {**_base_annotations(plan), **plan.annotations, **_signature(plan, results)},
     )
+    base_ids = tuple(str(d) for d in base.config.diff_ids) if base is not None else ()
     return BuiltImage(
         config=config_bytes,
         config_media_type=cfg_type,
         manifest=manifest.to_bytes(),
         manifest_media_type=manifest_media_type(opts.format),
         layers=layers,
-        diff_ids=tuple(str(r.diff_id) for r in results),
+        diff_ids=base_ids + tuple(str(r.diff_id) for r in results),
     )
+
+
+def _base_layers(plan: ImagePlan) -> tuple[Descriptor, ...]:
+    """The base's layers as our manifest lists them: same bytes, our format's media type, no
+    annotations (the base's may name layer keys that are not ours to claim)."""
+    if plan.base is None:
+        return ()
+    fmt = plan.options.format
+    return tuple(
+        Descriptor(layer_media_type_in(fmt, d.media_type), d.digest, d.size)
+        for d in plan.base.layers
+    )
+
+
+def _base_annotations(plan: ImagePlan) -> dict[str, str]:
+    """The OCI base-image annotations (Docker manifests have none); the user's win."""
+    if plan.base is None or plan.options.format != "oci":
+        return {}
+    return plan.base.annotations

@@ -278,3 +278,110 @@ def _annotations(value: object, where: str) -> Mapping[str, str]:
     ):
         raise ImageError(f"manifest {where} is not a map of strings")
     return value
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The fields of an image config that another image built on it inherits (a base image):
+    platform, how a container starts, history and ``rootfs.diff_ids``. ``history`` entries are
+    kept as the JSON objects they were (``empty_layer`` ones included), checked to be objects
+    of known field types."""
+
+    architecture: str
+    os: str
+    variant: str | None
+    diff_ids: tuple[Digest, ...]
+    history: tuple[Mapping[str, Any], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # in the base's order
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    user: str | None = None
+    workdir: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    exposed_ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    stop_signal: str | None = None
+
+
+def parse_image_config(data: bytes) -> ImageConfig:
+    """An image config written by anyone, strictly: ImageError naming the first bad field."""
+    obj = json_object(data, "image config")
+    arch, os_name, variant = obj.get("architecture"), obj.get("os"), obj.get("variant")
+    if not isinstance(arch, str) or not isinstance(os_name, str):
+        raise ImageError("image config has no architecture and os")
+    container = obj.get("config")
+    if container is None:
+        container = {}
+    if not isinstance(container, dict):
+        raise ImageError("image config field config is not an object")
+    return ImageConfig(
+        architecture=arch,
+        os=os_name,
+        variant=_optional_text(variant, "variant"),
+        diff_ids=config_diff_ids(data),
+        history=_history(obj.get("history")),
+        env=_env(container.get("Env")),
+        entrypoint=_text_list(container.get("Entrypoint"), "config.Entrypoint"),
+        cmd=_text_list(container.get("Cmd"), "config.Cmd"),
+        user=_optional_text(container.get("User"), "config.User") or None,
+        workdir=_optional_text(container.get("WorkingDir"), "config.WorkingDir") or None,
+        labels=_annotations(container.get("Labels"), "config.Labels"),
+        exposed_ports=_keys(container.get("ExposedPorts"), "config.ExposedPorts"),
+        volumes=_keys(container.get("Volumes"), "config.Volumes"),
+        stop_signal=_optional_text(container.get("StopSignal"), "config.StopSignal") or None,
+    )
+
+
+_HISTORY_FIELDS = {"created": str, "created_by": str, "author": str, "comment": str}
+
+
+def _history(value: object) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ImageError("image config field history is not a list")
+    entries: list[Mapping[str, Any]] = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ImageError(f"image config history.{i} is not an object")
+        for name, kind in _HISTORY_FIELDS.items():
+            if name in entry and not isinstance(entry[name], kind):
+                raise ImageError(f"image config history.{i}.{name} is not text")
+        if "empty_layer" in entry and not isinstance(entry["empty_layer"], bool):
+            raise ImageError(f"image config history.{i}.empty_layer is not a boolean")
+        known = {*_HISTORY_FIELDS, "empty_layer"}
+        entries.append({k: v for k, v in entry.items() if k in known})
+    return tuple(entries)
+
+
+def _env(value: object) -> tuple[tuple[str, str], ...]:
+    items = _text_list(value, "config.Env") or ()
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ImageError(f"image config config.Env item {item!r} is not NAME=VALUE")
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
+def _text_list(value: object, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageError(f"image config {where} is not a list of strings")
+    return tuple(value)
+
+
+def _optional_text(value: object, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ImageError(f"image config {where} is not text")
+    return value
+
+
+def _keys(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ImageError(f"image config {where} is not an object")
+    return tuple(value)

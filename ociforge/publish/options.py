@@ -117,6 +117,7 @@ class PushResult:
     up_to_date: bool = False  # every tag already held this manifest: nothing was sent
     # The SBOM and signature attached to each repository (``api.push``'s ``supply``).
     attached: tuple[Attached, ...] = ()
+    base_digest: str | None = None  # --from: the manifest digest the base resolved to
 
 
 @dataclass(frozen=True)

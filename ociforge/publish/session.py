@@ -37,6 +37,7 @@ from ociforge.events import (
     reading,
 )
 from ociforge.image.documents import Descriptor, parse_manifest
+from ociforge.publish.base import base_blob_jobs, of_base
 from ociforge.publish.cache import LayerCache
 from ociforge.publish.options import (
     PushedBlob,
@@ -159,7 +160,14 @@ class PushSession:
                 for layer in made.layers
             ]
             seconds = time.monotonic() - started
-            return PushResult(tag_names(refs), str(digest), tuple(blobs), seconds, True)
+            return PushResult(
+                tag_names(refs),
+                str(digest),
+                tuple(blobs),
+                seconds,
+                up_to_date=True,
+                base_digest=_base_digest(made),
+            )
         # Only now: an image that is up to date shows no progress at all.
         self.on_event(plan_ready(made))
         check_tag_rules(self.client, refs, self.options.scopes(refs), current)
@@ -170,7 +178,11 @@ class PushSession:
         present = referenced(current, repo) if one_repo else frozenset()
         blobs, manifest_digest = self._upload_and_tag(made, refs, known, current, present)
         return PushResult(
-            tag_names(refs), manifest_digest, tuple(blobs), time.monotonic() - started
+            tag_names(refs),
+            manifest_digest,
+            tuple(blobs),
+            time.monotonic() - started,
+            base_digest=_base_digest(made),
         )
 
     def preview(self, plan: ImagePlan | MakePlan, refs: Sequence[Reference]) -> PushPreview:
@@ -302,16 +314,20 @@ class PushSession:
         Known layers whose blob is ``present`` in ``repo`` are not even checked."""
         streams: dict[str, LayerStream] = {}
         there, jobs = self._layer_jobs(plan, repo, known, present, streams)
+        base_jobs = base_blob_jobs(plan.base, repo, self.registry)
         try:
-            uploaded = iter(self._upload(repo, jobs))
-            results = [there[i] if i in there else next(uploaded) for i in range(len(plan.layers))]
+            # The base's blobs go in the same pool as ours: mounted or streamed alongside.
+            uploaded = iter(self._upload(repo, [*base_jobs, *jobs]))
+            results = [next(uploaded) for _ in base_jobs]
+            results += [there[i] if i in there else next(uploaded) for i in range(len(plan.layers))]
             self._placed.update((r.digest, repo) for r in results)
         except DigestMismatchError as error:
             # A known digest that the layer does not reproduce: the knowledge was stale. Forget
             # it and push again trusting only what the streams compute. A mismatch without
-            # stale knowledge, or one the registry reported, would only repeat: final.
+            # stale knowledge, or one the registry reported, would only repeat: final; so is
+            # a base blob that is not what its manifest says.
             stale = streams.keys() & known.keys()
-            if not stale or isinstance(error, RegistryError):
+            if not stale or isinstance(error, RegistryError) or of_base(plan.base, error):
                 raise
             for key in stale:
                 if self.cache is not None:
@@ -464,6 +480,10 @@ def _descriptor(layer: LayerDigests, media_type: str) -> Descriptor:
 
 def _pushed(result: BlobResult, media_type: str) -> PushedBlob:
     return PushedBlob(Descriptor(media_type, result.digest, result.size), result.outcome)
+
+
+def _base_digest(plan: ImagePlan) -> str | None:
+    return None if plan.base is None else str(plan.base.digest)
 
 
 def _remembering(

@@ -39,6 +39,14 @@ from ociforge.source import LayoutRef, parse_layout_ref
 
 if TYPE_CHECKING:  # the writers load when an image is written
     from ociforge.sinks.docker_archive import DockerArchiveWriter
+    from ociforge.sinks.oci_layout import OciLayout
+
+# A docker archive holds plain tar layers of sizes known before they are written: a base's
+# compressed layers would have to be fetched twice (to measure, then to write).
+BASE_IN_ARCHIVE = (
+    "--from is not supported for docker-archive: outputs: build to oci:DIR or push, "
+    "then convert (skopeo copy oci:DIR docker-archive:FILE)"
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
     layout = OciLayout(target.directory)
     results: list[LayerDigests] = []
     on_event(plan_ready(plan))
+    _copy_base(plan, layout, on_event)
     for index, layer in enumerate(plan.layers):
         key = layer_key_name(index, len(plan.layers))
         on_event(BlobStarted(key, None, layer.comment))
@@ -113,6 +122,22 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
     return built
 
 
+def _copy_base(plan: ImagePlan, layout: OciLayout, on_event: ProgressCallback) -> None:
+    """The base image's layers into the layout's blob store, each checked against its digest
+    before it is stored under it; a blob the layout holds already is not fetched again."""
+    if plan.base is None:
+        return
+    base, count = plan.base, len(plan.base.layers)
+    for index, descriptor in enumerate(base.layers):
+        key = f"base layer {index + 1}/{count}"
+        if layout.has_blob(descriptor.digest):
+            on_event(BlobFinished(key, "skipped", descriptor.size, str(descriptor.digest)))
+            continue
+        on_event(BlobStarted(key, descriptor.size, f"base image {base.name}"))
+        layout.write_blob_stream(base.open_verified(descriptor), expected=descriptor.digest)
+        on_event(BlobFinished(key, "written", descriptor.size, str(descriptor.digest)))
+
+
 def write_docker_archive(
     plan: ImagePlan, target: DockerArchiveTarget, on_event: ProgressCallback
 ) -> BuiltImage:
@@ -121,6 +146,8 @@ def write_docker_archive(
     A file is replaced only by a complete archive; stdout, devices and FIFOs are streamed.
     """
     check_target(target)  # a caller of this function may not have called it
+    if plan.base is not None:
+        raise UsageError(BASE_IN_ARCHIVE)
     if target.path == "-":
         return _write_archive(plan, target, sys.stdout.buffer, "stdout", on_event)
     if is_streamed(target.path):
