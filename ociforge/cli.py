@@ -907,6 +907,8 @@ def verify_command(reference: str, key_file: str | None, source: str | None, **k
         if not report.ok:
             raise VerificationError("; ".join(c.detail for c in report.failures))
 
+    _run(kw["debug"], action)
+
 
 @main.command("push-all")
 @click.argument("file", metavar="IMAGES.TOML", type=click.Path(dir_okay=False))
