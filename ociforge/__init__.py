@@ -15,14 +15,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ociforge.api import (
         BuildResult,
+        CopyResult,
+        Inspection,
+        TagResult,
         build,
+        copy_image,
         generate_key,
         host_system,
+        inspect_image,
         load_closure,
         load_source,
         load_trust,
         preview,
         push,
+        tag_image,
     )
     from ociforge.assemble import BuiltImage, ImageOptions
     from ociforge.assemble.annotations import ci_annotations
@@ -120,6 +126,13 @@ _EXPORTS: dict[str, str] = {
     "preview": "ociforge.api",
     "push": "ociforge.api",
     "read_closure": "ociforge.nix",
+    # promotion and inspection (publish/promote.py)
+    "CopyResult": "ociforge.api",
+    "Inspection": "ociforge.api",
+    "TagResult": "ociforge.api",
+    "copy_image": "ociforge.api",
+    "inspect_image": "ociforge.api",
+    "tag_image": "ociforge.api",
 }
 
 __all__ = [
@@ -134,6 +147,7 @@ __all__ = [
     "Closure",
     "Compression",
     "CompressionOptions",
+    "CopyResult",
     "Credentials",
     "Digest",
     "DigestMismatchError",
@@ -143,6 +157,7 @@ __all__ = [
     "ImageOptions",
     "ImageSource",
     "InputProgress",
+    "Inspection",
     "LayerPlan",
     "LayerPreview",
     "Message",
@@ -160,13 +175,16 @@ __all__ = [
     "RuntimeConfig",
     "SourceSpec",
     "StorePathInfo",
+    "TagResult",
     "TarOptions",
     "TrustKeys",
     "UsageError",
     "build",
     "ci_annotations",
+    "copy_image",
     "generate_key",
     "host_system",
+    "inspect_image",
     "load_closure",
     "load_source",
     "load_trust",
@@ -176,6 +194,7 @@ __all__ = [
     "preview",
     "push",
     "read_closure",
+    "tag_image",
 ]
 
 

@@ -25,11 +25,13 @@ from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import ProgressCallback, ignore_event
 from ociforge.image.config import EPOCH_PLUS_ONE, RuntimeConfig, check_created, parse_env_items
+from ociforge.image.documents import Platform
 from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.nix.runner import terminate_children
 from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptions
 from ociforge.publish.options import check_destinations
+from ociforge.publish.promote import CopyResult, Inspection, TagResult, add_tags, copy_to, describe
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
@@ -51,18 +53,24 @@ __all__ = [
     "BuildResult",
     "Compression",
     "CompressionOptions",
+    "CopyResult",
     "Credentials",
     "EssentialsOptions",
     "ImageOptions",
+    "Inspection",
+    "Platform",
     "PushPreview",
     "PushResult",
     "RegistryOptions",
     "RuntimeConfig",
+    "TagResult",
     "TarOptions",
     "build",
     "check_created",
+    "copy_image",
     "generate_key",
     "host_system",
+    "inspect_image",
     "load_closure",
     "load_source",
     "load_trust",
@@ -71,6 +79,7 @@ __all__ = [
     "parse_reference",
     "preview",
     "push",
+    "tag_image",
     "terminate_children",
 ]
 
@@ -230,6 +239,66 @@ def preview(
     opts = options or ImageOptions()
     with PushSession(refs[0].registry, reg, on_event) as session:
         return session.preview(lambda: plan_source(spec, opts, on_event=on_event), refs)
+
+
+def copy_image(
+    source: str | Reference,
+    destinations: Sequence[str | Reference],
+    *,
+    registry: RegistryOptions | None = None,
+    source_registry: RegistryOptions | None = None,
+    on_event: ProgressCallback = ignore_event,
+) -> CopyResult:
+    """Copy the image (or index, with every child) ``source`` to ``destinations``
+    (``host/repo:tag``, one registry), tagging them only once every blob is there.
+
+    Within one registry blobs are mounted from the source repository (the credentials must
+    allow pulling it); across registries each is streamed from the source's GET into the
+    destination's upload and checked against its digest on the way. ``registry`` is how to
+    talk to the destinations; ``source_registry`` to the source when it is another registry
+    (default: the same options, minus explicit credentials, which are the destination's: the
+    source's come from the credential chain).
+
+    Example::
+
+        ociforge.copy_image("registry.example.com/team/app:rc",
+                            ["registry.example.com/team/app:stable"])
+    """
+    src = source if isinstance(source, Reference) else parse_reference(source)
+    refs, reg = _destinations(destinations, registry)
+    with PushSession(refs[0].registry, reg, on_event) as dest:
+        if src.registry == refs[0].registry:
+            return copy_to(
+                dest.client, dest.client, src, refs, jobs=reg.jobs, chunk_size=reg.chunk_size
+            )
+        src_options = source_registry or dataclasses.replace(reg, credentials=None)
+        with PushSession(src.registry, src_options, on_event) as origin:
+            return copy_to(
+                origin.client, dest.client, src, refs, jobs=reg.jobs, chunk_size=reg.chunk_size
+            )
+
+
+def tag_image(
+    reference: str | Reference,
+    tags: Sequence[str],
+    *,
+    registry: RegistryOptions | None = None,
+) -> TagResult:
+    """Put the manifest ``reference`` holds under ``tags`` of the same repository: the same
+    bytes, so the same digest; no blob is read or sent."""
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference)
+    with PushSession(ref.registry, registry) as session:
+        return add_tags(session.client, ref, tags)
+
+
+def inspect_image(
+    reference: str | Reference, *, registry: RegistryOptions | None = None
+) -> Inspection:
+    """What ``reference`` holds: for an image its layers (with the store paths ociforge wrote
+    in the config's history), sizes and annotations; for an index each platform's image."""
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference)
+    with PushSession(ref.registry, registry) as session:
+        return describe(session.client, ref)
 
 
 def load_trust(

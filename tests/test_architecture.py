@@ -165,6 +165,13 @@ PUBLIC_API = {
     "preview",
     "push",
     "read_closure",
+    # promotion and inspection (publish/promote.py)
+    "CopyResult",
+    "Inspection",
+    "TagResult",
+    "copy_image",
+    "inspect_image",
+    "tag_image",
 }
 
 

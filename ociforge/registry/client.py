@@ -22,12 +22,13 @@ refused before reading when its Content-Length is over it and never buffered pas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 import httpx
@@ -153,6 +154,7 @@ class RegistryClient:
         retry: bool = True,
         cancel: threading.Event | None = None,
         max_body: int = DEFAULT_BODY_LIMIT,
+        keep_open: bool = False,
     ) -> httpx.Response:
         """Send one request; raise RegistryError/AuthError unless the status is expected.
 
@@ -160,6 +162,8 @@ class RegistryClient:
         is false (a best-effort request) or the request cannot be repeated (see
         :meth:`repeats_in_place`). Once ``cancel`` is set nothing more is sent. A successful
         answer's body longer than ``max_body`` bytes is an error (see the module doc).
+        ``keep_open``: a successful answer is returned with its body unread and open (see
+        :meth:`open_stream`, which closes it).
         """
         target = self.url(url) if isinstance(url, str) else url
         streamed = content is not None and not isinstance(content, bytes)
@@ -176,6 +180,7 @@ class RegistryClient:
                     streamed,
                     follow_redirects,
                     max_body,
+                    keep_open=keep_open,
                 )
                 check_response(
                     response, expect=expect, auth_hint=self.auth_hint(target), now=time.time()
@@ -197,6 +202,52 @@ class RegistryClient:
         restarting the whole blob.
         """
         return method != "PATCH" and (content is None or isinstance(content, bytes))
+
+    @contextlib.contextmanager
+    def open_stream(
+        self,
+        url: httpx.URL | str,
+        *,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[httpx.Response]:
+        """GET whose successful answer is not read: the caller streams it with
+        :meth:`iter_body` (a blob of any size, never held whole). Everything up to the first
+        body byte (auth challenge, redirects without our credentials, retries in place) is as
+        in :meth:`request`; the response is closed on leaving the block."""
+        response = self.request(
+            "GET",
+            url,
+            scopes=scopes,
+            headers=headers,
+            follow_redirects=True,
+            cancel=cancel,
+            keep_open=True,
+        )
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def iter_body(
+        self, response: httpx.Response, *, cancel: threading.Event | None = None
+    ) -> Iterator[bytes]:
+        """The body of an :meth:`open_stream` answer as it arrives: a stall or a broken
+        connection is a temporary RegistryError, the deadline and ``cancel`` end it."""
+        request = response.request
+        received = 0
+        try:
+            for chunk in response.iter_bytes():
+                _stop_if_cancelled(cancel, f"{request.method} {request.url.path} stopped")
+                self.check_deadline(
+                    f"{request.method} {request.url.path} was still arriving "
+                    f"({received} bytes so far)"
+                )
+                received += len(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, request.method, request.url) from None
 
     def retry_delay(
         self, error: RegistryError, attempt: int, *, temporary: bool | None = None
@@ -366,6 +417,8 @@ class RegistryClient:
         streamed: bool,
         follow_redirects: bool,
         max_body: int,
+        *,
+        keep_open: bool = False,
     ) -> httpx.Response:
         """Send with credentials for our own origin; answer one 401 challenge if repeatable.
 
@@ -376,7 +429,7 @@ class RegistryClient:
         sent = self.auth.authorization(scopes or ()) if own else None
         if sent is not None:
             request.headers["Authorization"] = sent
-        response = self._transmit(request, follow_redirects, max_body)
+        response = self._transmit(request, follow_redirects, max_body, keep_open)
         if response.status_code != 401 or not own:
             return response
         challenge = response.headers.get("www-authenticate", "")
@@ -393,14 +446,14 @@ class RegistryClient:
         fresh = self.auth.authorization(repeat_scopes)
         if fresh is not None:
             request.headers["Authorization"] = fresh
-        return self._transmit(request, follow_redirects, max_body)
+        return self._transmit(request, follow_redirects, max_body, keep_open)
 
     def _transmit(
-        self, request: httpx.Request, follow_redirects: bool, max_body: int
+        self, request: httpx.Request, follow_redirects: bool, max_body: int, keep_open: bool
     ) -> httpx.Response:
         """Send, follow redirects ourselves (each hop's body bounded too), read the body."""
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._exchange(request, max_body)
+            response = self._exchange(request, max_body, keep_open)
             following = response.next_request if follow_redirects else None
             if following is None:
                 return response
@@ -412,10 +465,15 @@ class RegistryClient:
             url=redact_url(request.url),
         )
 
-    def _exchange(self, request: httpx.Request, max_body: int) -> httpx.Response:
+    def _exchange(self, request: httpx.Request, max_body: int, keep_open: bool) -> httpx.Response:
+        """One hop. ``keep_open``: a success is returned unread, its body for the caller to
+        stream (:meth:`open_stream`); anything else is read (bounded) as always."""
         method, url = request.method, request.url
         try:
             response = self._http.send(request, stream=True)
+            if keep_open and response.is_success:
+                log.debug("%s %s -> %d (streamed)", method, redact_url(url), response.status_code)
+                return response
             try:
                 body = self._read_body(response, max_body)
             finally:
