@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from ociforge.assemble import BuiltImage, ImageOptions
     from ociforge.assemble.annotations import ci_annotations
     from ociforge.assemble.essentials import EssentialsOptions
+    from ociforge.ci_gitlab import (
+        GitlabOptions,
+        ImageJob,
+        IndexJob,
+        gitlab_pipeline,
+        read_jobs_file,
+    )
     from ociforge.compress import Compression, CompressionOptions
     from ociforge.digest import Digest
     from ociforge.errors import (
@@ -133,6 +140,12 @@ _EXPORTS: dict[str, str] = {
     "copy_image": "ociforge.api",
     "inspect_image": "ociforge.api",
     "tag_image": "ociforge.api",
+    # GitLab CI scale-out
+    "GitlabOptions": "ociforge.ci_gitlab",
+    "ImageJob": "ociforge.ci_gitlab",
+    "IndexJob": "ociforge.ci_gitlab",
+    "gitlab_pipeline": "ociforge.ci_gitlab",
+    "read_jobs_file": "ociforge.ci_gitlab",
 }
 
 __all__ = [
@@ -153,9 +166,12 @@ __all__ = [
     "DigestMismatchError",
     "EssentialsOptions",
     "Event",
+    "GitlabOptions",
     "ImageError",
+    "ImageJob",
     "ImageOptions",
     "ImageSource",
+    "IndexJob",
     "InputProgress",
     "Inspection",
     "LayerPlan",
@@ -183,6 +199,7 @@ __all__ = [
     "ci_annotations",
     "copy_image",
     "generate_key",
+    "gitlab_pipeline",
     "host_system",
     "inspect_image",
     "load_closure",
@@ -194,6 +211,7 @@ __all__ = [
     "preview",
     "push",
     "read_closure",
+    "read_jobs_file",
     "tag_image",
 ]
 

@@ -20,6 +20,7 @@ from ociforge.assemble import BuiltImage, ImageOptions, plan_source
 from ociforge.assemble.annotations import parse_annotation_items
 from ociforge.assemble.essentials import EssentialsOptions
 from ociforge.assemble.plan import host_system
+from ociforge.ci_gitlab import GitlabOptions, ImageJob, IndexJob, gitlab_pipeline, read_jobs_file
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
@@ -56,7 +57,10 @@ __all__ = [
     "CopyResult",
     "Credentials",
     "EssentialsOptions",
+    "GitlabOptions",
+    "ImageJob",
     "ImageOptions",
+    "IndexJob",
     "Inspection",
     "Platform",
     "PushPreview",
@@ -69,6 +73,7 @@ __all__ = [
     "check_created",
     "copy_image",
     "generate_key",
+    "gitlab_pipeline",
     "host_system",
     "inspect_image",
     "load_closure",
@@ -79,6 +84,7 @@ __all__ = [
     "parse_reference",
     "preview",
     "push",
+    "read_jobs_file",
     "tag_image",
     "terminate_children",
 ]

@@ -36,6 +36,7 @@ from ociforge.api import (
     CopyResult,
     Credentials,
     EssentialsOptions,
+    GitlabOptions,
     ImageOptions,
     Inspection,
     Platform,
@@ -48,6 +49,7 @@ from ociforge.api import (
     check_created,
     copy_image,
     generate_key,
+    gitlab_pipeline,
     inspect_image,
     load_trust,
     parse_annotation_items,
@@ -55,6 +57,7 @@ from ociforge.api import (
     parse_reference,
     preview,
     push,
+    read_jobs_file,
     tag_image,
     terminate_children,
 )
@@ -919,3 +922,62 @@ def _inspection_lines(result: Inspection) -> list[str]:
             size = human_size(layer.descriptor.size)
             lines.append(f"  layer {n:>3}  {size:>9}  {layer.descriptor.digest}  {layer.comment}")
     return lines
+
+
+# --- GitLab CI scale-out --------------------------------------------------------------------
+
+
+@main.group("ci")
+def ci_group() -> None:
+    """Pipelines for CI systems that spread the images over their runners."""
+
+
+@ci_group.command("gitlab")
+@click.argument("jobs_file", metavar="JOBS.json")
+@click.option(
+    "--image",
+    "job_image",
+    default="$OCIFORGE_IMAGE",
+    show_default=True,
+    help="The jobs' image: one with ociforge and Nix (the project's own ociforge image).",
+)
+@click.option(
+    "--no-image", is_flag=True, help="Leave image: out (shell executors, gitlab-ci-local)."
+)
+@click.option(
+    "--runner-tags",
+    multiple=True,
+    metavar="SYSTEM=TAG[,TAG]",
+    help="Runner tags of a platform's jobs (default: GitLab.com's saas-linux-small-amd64 and "
+    "-arm64); SYSTEM= gives none. Repeatable.",
+)
+@click.option("--retries", type=click.IntRange(0, 2), default=2, show_default=True)
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr.")
+def ci_gitlab_command(jobs_file: str, **kw: Any) -> None:
+    """Print a child pipeline: a job per image and platform, index jobs after their children.
+
+    JOBS.json: {"images": [{"image", "platform", "script"}], "indexes": [{"image",
+    "platforms", "script"}]}. Write it to a file and trigger it from the parent pipeline
+    (see examples/image-repo/scale-out).
+    """
+
+    def action() -> None:
+        images, indexes = read_jobs_file(jobs_file)
+        options = GitlabOptions(
+            job_image=None if kw["no_image"] else kw["job_image"],
+            runner_tags=_runner_tags(kw["runner_tags"]),
+            retries=kw["retries"],
+        )
+        click.echo(gitlab_pipeline(images, indexes, options), nl=False)
+
+    _run(kw["debug"], action)
+
+
+def _runner_tags(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    tags = dict(GitlabOptions().runner_tags)
+    for item in items:
+        system, sep, value = item.partition("=")
+        if not sep or not system:
+            raise UsageError(f"--runner-tags: {item!r} is not SYSTEM=TAG[,TAG]")
+        tags[system] = tuple(t for t in value.split(",") if t)
+    return tags

@@ -49,7 +49,9 @@ ALLOWED: dict[str, set[str]] = {
         "layering",
         "tarstream",
         "trust",
+        "ci_gitlab",
     },
+    "ci_gitlab": {"errors"},
     "progress": {"events"},
     "cli": {"api", "errors", "progress"},
     "__main__": {"cli"},
@@ -172,6 +174,12 @@ PUBLIC_API = {
     "copy_image",
     "inspect_image",
     "tag_image",
+    # GitLab CI scale-out (ci_gitlab.py)
+    "GitlabOptions",
+    "ImageJob",
+    "IndexJob",
+    "gitlab_pipeline",
+    "read_jobs_file",
 }
 
 
