@@ -14,14 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+import ociforge
 from tests.integration.test_push_e2e import (
     APP,
     cli_env,
     copy_to_layout,
     inspect_digest,
-    ociforge,
     raw_manifest,
 )
+from tests.integration.test_push_e2e import ociforge as ociforge_cli
 from tests.support.faultproxy import Fault, Respond
 from tests.support.nixstore import BuiltClosure
 from tests.support.registry import RegistryServer
@@ -39,7 +40,7 @@ def second_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 
 
 def push_image(closure: BuiltClosure, ref: str, home: Path) -> str:
-    run = ociforge("push", closure[APP], ref, env=cli_env(home))
+    run = ociforge_cli("push", closure[APP], ref, env=cli_env(home))
     assert run.code == 0, run.explain()
     return run.pushed()[ref]
 
@@ -92,7 +93,7 @@ def test_copy_within_a_registry_mounts_every_blob(
     src, dest = f"{registry.host}/{repo_name}/rc:v1", f"{registry.host}/{repo_name}/stable:v1"
     digest = push_image(closure, src, home)
 
-    run = ociforge("copy", "--json", src, dest, env=cli_env(home))
+    run = ociforge_cli("copy", "--json", src, dest, env=cli_env(home))
 
     assert run.code == 0, run.explain()
     summary = json.loads(run.out)
@@ -101,7 +102,7 @@ def test_copy_within_a_registry_mounts_every_blob(
     assert raw_manifest(skopeo_env, dest) == raw_manifest(skopeo_env, src)
     copy_to_layout(skopeo_env, dest, tmp_path / "copy")  # skopeo checks every blob's digest
 
-    again = ociforge("copy", src, dest, env=cli_env(home))
+    again = ociforge_cli("copy", src, dest, env=cli_env(home))
     assert again.code == 0, again.explain()
     assert again.out.strip() == f"{dest}@{digest}"
     assert "up to date" in again.err
@@ -121,7 +122,7 @@ def test_copy_across_registries_streams_an_index_with_its_children(
     put_index(registry, repo_name, "multi", raw_manifest(skopeo_env, child_ref))
     src, dest = f"{registry.host}/{repo_name}:multi", f"{second_registry.host}/{repo_name}:multi"
 
-    run = ociforge("copy", "--json", src, dest, env=cli_env(home))
+    run = ociforge_cli("copy", "--json", src, dest, env=cli_env(home))
 
     assert run.code == 0, run.explain()
     summary = json.loads(run.out)
@@ -152,7 +153,7 @@ def test_a_source_sending_other_bytes_fails_the_copy_and_tags_nothing(
     proxy.add_fault(Fault("GET", f"/blobs/{biggest['digest']}", Respond(200, forged), times=10))
     dest = f"{second_registry.host}/{repo_name}:v1"
 
-    run = ociforge("copy", f"{proxy.host}/{repo_name}:v1", dest, env=cli_env(home))
+    run = ociforge_cli("copy", f"{proxy.host}/{repo_name}:v1", dest, env=cli_env(home))
 
     assert run.code == 5, run.explain()
     line = run.one_line_error()
@@ -173,7 +174,8 @@ def test_tag_writes_the_same_manifest_without_blob_traffic(
     digest = push_image(closure, f"{registry.host}/{repo_name}:rc", home)
     proxy = make_fault_proxy(registry.url)
 
-    run = ociforge("tag", f"{proxy.host}/{repo_name}:rc", "stable", "2026.12", env=cli_env(home))
+    rc = f"{proxy.host}/{repo_name}:rc"
+    run = ociforge_cli("tag", rc, "stable", "2026.12", env=cli_env(home))
 
     assert run.code == 0, run.explain()
     tagged = [f"{proxy.host}/{repo_name}:{t}" for t in ("stable", "2026.12")]
@@ -186,7 +188,7 @@ def test_tag_writes_the_same_manifest_without_blob_traffic(
 def test_tag_of_a_missing_reference_is_one_line_exit_2(
     registry: RegistryServer, repo_name: str, home: Path
 ) -> None:
-    run = ociforge("tag", f"{registry.host}/{repo_name}:nope", "stable", env=cli_env(home))
+    run = ociforge_cli("tag", f"{registry.host}/{repo_name}:nope", "stable", env=cli_env(home))
     assert run.code == 2, run.explain()
     assert "has no manifest nope" in run.one_line_error()
 
@@ -204,7 +206,7 @@ def test_inspect_shows_store_paths_sizes_and_platforms(
     layers = manifest["layers"]
     assert isinstance(layers, list)
 
-    as_json = ociforge("inspect", "--json", ref, env=cli_env(home))
+    as_json = ociforge_cli("inspect", "--json", ref, env=cli_env(home))
 
     assert as_json.code == 0, as_json.explain()
     doc = json.loads(as_json.out)
@@ -217,16 +219,15 @@ def test_inspect_shows_store_paths_sizes_and_platforms(
     comments = " ".join(x["comment"] for x in image["layers"])
     assert Path(closure[APP]).name in comments and "busybox" in comments
 
-    text = ociforge("inspect", ref, env=cli_env(home))
+    text = ociforge_cli("inspect", ref, env=cli_env(home))
     assert text.code == 0, text.explain()
     assert text.out.splitlines()[0].startswith(f"{ref}@{digest}  image")
     assert Path(closure[APP]).name in text.out
     assert f"linux/amd64  {digest}" in text.out
 
     put_index(registry, repo_name, "multi", raw_manifest(skopeo_env, ref))
-    index = json.loads(
-        ociforge("inspect", "--json", f"{registry.host}/{repo_name}:multi", env=cli_env(home)).out
-    )
+    multi = f"{registry.host}/{repo_name}:multi"
+    index = json.loads(ociforge_cli("inspect", "--json", multi, env=cli_env(home)).out)
     assert index["mediaType"] == OCI_INDEX
     assert index["annotations"] == {"org.example.release": "2026.12"}
     assert [(i["platform"], i["digest"]) for i in index["images"]] == [("linux/amd64", digest)]
@@ -240,14 +241,32 @@ def test_copy_with_gitlab_token_auth_mounts_within_the_project(
 ) -> None:
     env = cli_env(home, token_registry.ci_env)
     src, dest = f"{token_registry.image}/rc:v1", f"{token_registry.image}/stable:v1"
-    pushed = ociforge("push", closure[APP], src, env=env)
+    pushed = ociforge_cli("push", closure[APP], src, env=env)
     assert pushed.code == 0, pushed.explain()
 
-    run = ociforge("copy", "--json", src, dest, env=env)
+    run = ociforge_cli("copy", "--json", src, dest, env=env)
 
     assert run.code == 0, run.explain()
     summary = json.loads(run.out)
     # The job token holds pull on the source repository: the registry mounts every blob.
     assert {b["outcome"] for b in summary["blobs"]} == {"mounted"}
-    inspected = ociforge("inspect", dest, env=env)
+    inspected = ociforge_cli("inspect", dest, env=env)
     assert inspected.code == 0 and summary["manifest_digest"] in inspected.out
+
+
+def test_the_api_gives_what_the_commands_give(
+    closure: BuiltClosure, registry: RegistryServer, repo_name: str, home: Path
+) -> None:
+    src = f"{registry.host}/{repo_name}:rc"
+    digest = push_image(closure, src, home)
+
+    copied = ociforge.copy_image(src, [f"{registry.host}/{repo_name}/api:v1"])
+    tagged = ociforge.tag_image(src, ["api"])
+    inspected = ociforge.inspect_image(src)
+
+    assert copied.manifest_digest == tagged.manifest_digest == inspected.digest == digest
+    cli = json.loads(ociforge_cli("inspect", "--json", src, env=cli_env(home)).out)
+    (image,) = inspected.images
+    assert [(str(x.descriptor.digest), x.comment) for x in image.layers] == [
+        (x["digest"], x["comment"]) for x in cli["images"][0]["layers"]
+    ]
