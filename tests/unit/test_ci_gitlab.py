@@ -126,3 +126,17 @@ def test_a_bad_jobs_file_names_the_file_and_the_entry(tmp_path: Path) -> None:
     path.write_text(json.dumps({"images": [{"image": "app", "platform": 1, "script": []}]}))
     with pytest.raises(UsageError, match=r"jobs.json: images\[0\].platform must be a string"):
         read_jobs_file(str(path))
+
+
+def test_the_scale_out_example_triggers_what_its_generate_job_writes() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "image-repo" / "scale-out"
+    parent = yaml.safe_load((example / ".gitlab-ci.yml").read_text())
+    generate = parent["generate-images"]
+    assert generate["script"] == ["ociforge ci gitlab jobs.json > images.yml"]
+    assert generate["artifacts"]["paths"] == ["images.yml"]
+    include = parent["images"]["trigger"]["include"]
+    assert include == [{"artifact": "images.yml", "job": "generate-images"}]
+    images, indexes = read_jobs_file(str(example / "jobs.json"))
+    child = yaml.safe_load(gitlab_pipeline(images, indexes))
+    assert child["python:index"]["needs"] == ["python:x86_64-linux", "python:aarch64-linux"]
+    assert child["builder:x86_64-linux"]["image"] == "$OCIFORGE_IMAGE"
