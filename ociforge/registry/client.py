@@ -54,6 +54,7 @@ DEFAULT_STALL_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
 ABORT_TIMEOUT = 1.0  # a best-effort request of a push that is stopping (DELETE of a session)
 DEFAULT_BODY_LIMIT = 1 << 20  # an answer that is no document (ping, upload steps)
+UNREAD = -1  # max_body of open_stream: a successful answer's body is left for the caller
 TOKEN_BODY_LIMIT = 1 << 20
 _MAX_REDIRECTS = 5
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -154,7 +155,6 @@ class RegistryClient:
         retry: bool = True,
         cancel: threading.Event | None = None,
         max_body: int = DEFAULT_BODY_LIMIT,
-        keep_open: bool = False,
     ) -> httpx.Response:
         """Send one request; raise RegistryError/AuthError unless the status is expected.
 
@@ -162,8 +162,6 @@ class RegistryClient:
         is false (a best-effort request) or the request cannot be repeated (see
         :meth:`repeats_in_place`). Once ``cancel`` is set nothing more is sent. A successful
         answer's body longer than ``max_body`` bytes is an error (see the module doc).
-        ``keep_open``: a successful answer is returned with its body unread and open (see
-        :meth:`open_stream`, which closes it).
         """
         target = self.url(url) if isinstance(url, str) else url
         streamed = content is not None and not isinstance(content, bytes)
@@ -180,7 +178,6 @@ class RegistryClient:
                     streamed,
                     follow_redirects,
                     max_body,
-                    keep_open=keep_open,
                 )
                 check_response(
                     response, expect=expect, auth_hint=self.auth_hint(target), now=time.time()
@@ -223,7 +220,7 @@ class RegistryClient:
             headers=headers,
             follow_redirects=True,
             cancel=cancel,
-            keep_open=True,
+            max_body=UNREAD,
         )
         try:
             yield response
@@ -417,8 +414,6 @@ class RegistryClient:
         streamed: bool,
         follow_redirects: bool,
         max_body: int,
-        *,
-        keep_open: bool = False,
     ) -> httpx.Response:
         """Send with credentials for our own origin; answer one 401 challenge if repeatable.
 
@@ -429,7 +424,7 @@ class RegistryClient:
         sent = self.auth.authorization(scopes or ()) if own else None
         if sent is not None:
             request.headers["Authorization"] = sent
-        response = self._transmit(request, follow_redirects, max_body, keep_open)
+        response = self._transmit(request, follow_redirects, max_body)
         if response.status_code != 401 or not own:
             return response
         challenge = response.headers.get("www-authenticate", "")
@@ -446,14 +441,14 @@ class RegistryClient:
         fresh = self.auth.authorization(repeat_scopes)
         if fresh is not None:
             request.headers["Authorization"] = fresh
-        return self._transmit(request, follow_redirects, max_body, keep_open)
+        return self._transmit(request, follow_redirects, max_body)
 
     def _transmit(
-        self, request: httpx.Request, follow_redirects: bool, max_body: int, keep_open: bool
+        self, request: httpx.Request, follow_redirects: bool, max_body: int
     ) -> httpx.Response:
         """Send, follow redirects ourselves (each hop's body bounded too), read the body."""
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._exchange(request, max_body, keep_open)
+            response = self._exchange(request, max_body)
             following = response.next_request if follow_redirects else None
             if following is None:
                 return response
@@ -465,13 +460,13 @@ class RegistryClient:
             url=redact_url(request.url),
         )
 
-    def _exchange(self, request: httpx.Request, max_body: int, keep_open: bool) -> httpx.Response:
-        """One hop. ``keep_open``: a success is returned unread, its body for the caller to
-        stream (:meth:`open_stream`); anything else is read (bounded) as always."""
+    def _exchange(self, request: httpx.Request, max_body: int) -> httpx.Response:
+        """One hop, its body read (bounded); with ``max_body=UNREAD`` a success is returned
+        unread and open, for the caller to stream (:meth:`open_stream`)."""
         method, url = request.method, request.url
         try:
             response = self._http.send(request, stream=True)
-            if keep_open and response.is_success:
+            if max_body == UNREAD and response.is_success:
                 log.debug("%s %s -> %d (streamed)", method, redact_url(url), response.status_code)
                 return response
             try:
