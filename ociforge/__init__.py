@@ -16,12 +16,17 @@ if TYPE_CHECKING:
     from ociforge.api import (
         BatchResult,
         BuildResult,
+        CopyResult,
         ImageResult,
         IndexResult,
+        Inspection,
         ResolvedImage,
+        TagResult,
         build,
+        copy_image,
         generate_key,
         host_system,
+        inspect_image,
         load_closure,
         load_source,
         load_trust,
@@ -30,10 +35,18 @@ if TYPE_CHECKING:
         push_index,
         push_many,
         resolve_images,
+        tag_image,
     )
     from ociforge.assemble import BuiltImage, ImageOptions
     from ociforge.assemble.annotations import ci_annotations
     from ociforge.assemble.essentials import EssentialsOptions
+    from ociforge.ci_gitlab import (
+        GitlabOptions,
+        ImageJob,
+        IndexJob,
+        gitlab_pipeline,
+        read_jobs_file,
+    )
     from ociforge.compress import Compression, CompressionOptions
     from ociforge.digest import Digest
     from ociforge.errors import (
@@ -148,6 +161,19 @@ _EXPORTS: dict[str, str] = {
     "preview": "ociforge.api",
     "push": "ociforge.api",
     "read_closure": "ociforge.nix",
+    # promotion and inspection (publish/promote.py)
+    "CopyResult": "ociforge.api",
+    "Inspection": "ociforge.api",
+    "TagResult": "ociforge.api",
+    "copy_image": "ociforge.api",
+    "inspect_image": "ociforge.api",
+    "tag_image": "ociforge.api",
+    # GitLab CI scale-out
+    "GitlabOptions": "ociforge.ci_gitlab",
+    "ImageJob": "ociforge.ci_gitlab",
+    "IndexJob": "ociforge.ci_gitlab",
+    "gitlab_pipeline": "ociforge.ci_gitlab",
+    "read_jobs_file": "ociforge.ci_gitlab",
 }
 
 __all__ = [
@@ -163,17 +189,22 @@ __all__ = [
     "Closure",
     "Compression",
     "CompressionOptions",
+    "CopyResult",
     "Credentials",
     "Digest",
     "DigestMismatchError",
     "EssentialsOptions",
     "Event",
+    "GitlabOptions",
     "ImageError",
+    "ImageJob",
     "ImageOptions",
     "ImageResult",
     "ImageSource",
+    "IndexJob",
     "IndexResult",
     "InputProgress",
+    "Inspection",
     "LayerPlan",
     "LayerPreview",
     "Message",
@@ -193,15 +224,19 @@ __all__ = [
     "SourceSpec",
     "StorePathInfo",
     "SupplyOptions",
+    "TagResult",
     "TarOptions",
     "TrustKeys",
     "UsageError",
     "VerifyReport",
     "build",
     "ci_annotations",
+    "copy_image",
     "generate_cosign_key",
     "generate_key",
+    "gitlab_pipeline",
     "host_system",
+    "inspect_image",
     "load_closure",
     "load_cosign_key",
     "load_source",
@@ -214,8 +249,10 @@ __all__ = [
     "push_index",
     "push_many",
     "read_closure",
+    "read_jobs_file",
     "resolve_images",
     "sbom",
+    "tag_image",
     "verify",
 ]
 

@@ -25,11 +25,13 @@ from ociforge.assemble.plan import host_system
 from ociforge.batch.plan import ResolvedImage
 from ociforge.batch.run import BatchResult, ImageResult
 from ociforge.batch.run import push_many as _push_many
+from ociforge.ci_gitlab import GitlabOptions, ImageJob, IndexJob, gitlab_pipeline, read_jobs_file
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import UsageError
 from ociforge.events import ProgressCallback, ignore_event
 from ociforge.image.config import EPOCH_PLUS_ONE, RuntimeConfig, check_created, parse_env_items
+from ociforge.image.documents import Platform
 from ociforge.layering import STRATEGIES
 from ociforge.nix import Closure
 from ociforge.nix.runner import terminate_children
@@ -37,6 +39,7 @@ from ociforge.publish import PushPreview, PushResult, PushSession, RegistryOptio
 from ociforge.publish.base import BaseResolver
 from ociforge.publish.index import IndexResult, join_images
 from ociforge.publish.options import check_destinations
+from ociforge.publish.promote import CopyResult, Inspection, TagResult, add_tags, copy_to, describe
 from ociforge.reference import Reference, parse_reference
 from ociforge.registry import Credentials, check_ca_bundle
 from ociforge.sinks import (
@@ -70,24 +73,34 @@ __all__ = [
     "BuildResult",
     "Compression",
     "CompressionOptions",
+    "CopyResult",
     "Credentials",
     "EssentialsOptions",
+    "GitlabOptions",
+    "ImageJob",
     "ImageOptions",
     "ImageResult",
+    "IndexJob",
     "IndexResult",
+    "Inspection",
+    "Platform",
     "PushPreview",
     "PushResult",
     "RegistryOptions",
     "ResolvedImage",
     "RuntimeConfig",
     "SupplyOptions",
+    "TagResult",
     "TarOptions",
     "VerifyReport",
     "build",
     "check_created",
+    "copy_image",
     "generate_cosign_key",
     "generate_key",
+    "gitlab_pipeline",
     "host_system",
+    "inspect_image",
     "load_closure",
     "load_cosign_key",
     "load_source",
@@ -99,8 +112,10 @@ __all__ = [
     "push",
     "push_index",
     "push_many",
+    "read_jobs_file",
     "resolve_images",
     "sbom",
+    "tag_image",
     "terminate_children",
     "verify",
 ]
@@ -370,6 +385,66 @@ def push_index(
     srcs = [s if isinstance(s, Reference) else parse_reference(s) for s in sources]
     with PushSession(refs[0].registry, reg, on_event) as session:
         return join_images(session, refs, srcs)
+
+
+def copy_image(
+    source: str | Reference,
+    destinations: Sequence[str | Reference],
+    *,
+    registry: RegistryOptions | None = None,
+    source_registry: RegistryOptions | None = None,
+    on_event: ProgressCallback = ignore_event,
+) -> CopyResult:
+    """Copy the image (or index, with every child) ``source`` to ``destinations``
+    (``host/repo:tag``, one registry), tagging them only once every blob is there.
+
+    Within one registry blobs are mounted from the source repository (the credentials must
+    allow pulling it); across registries each is streamed from the source's GET into the
+    destination's upload and checked against its digest on the way. ``registry`` is how to
+    talk to the destinations; ``source_registry`` to the source when it is another registry
+    (default: the same options, minus explicit credentials, which are the destination's: the
+    source's come from the credential chain).
+
+    Example::
+
+        ociforge.copy_image("registry.example.com/team/app:rc",
+                            ["registry.example.com/team/app:stable"])
+    """
+    src = source if isinstance(source, Reference) else parse_reference(source)
+    refs, reg = _destinations(destinations, registry)
+    with PushSession(refs[0].registry, reg, on_event) as dest:
+        if src.registry == refs[0].registry:
+            return copy_to(
+                dest.client, dest.client, src, refs, jobs=reg.jobs, chunk_size=reg.chunk_size
+            )
+        src_options = source_registry or dataclasses.replace(reg, credentials=None)
+        with PushSession(src.registry, src_options, on_event) as origin:
+            return copy_to(
+                origin.client, dest.client, src, refs, jobs=reg.jobs, chunk_size=reg.chunk_size
+            )
+
+
+def tag_image(
+    reference: str | Reference,
+    tags: Sequence[str],
+    *,
+    registry: RegistryOptions | None = None,
+) -> TagResult:
+    """Put the manifest ``reference`` holds under ``tags`` of the same repository: the same
+    bytes, so the same digest; no blob is read or sent."""
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference)
+    with PushSession(ref.registry, registry) as session:
+        return add_tags(session.client, ref, tags)
+
+
+def inspect_image(
+    reference: str | Reference, *, registry: RegistryOptions | None = None
+) -> Inspection:
+    """What ``reference`` holds: for an image its layers (with the store paths ociforge wrote
+    in the config's history), sizes and annotations; for an index each platform's image."""
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference)
+    with PushSession(ref.registry, registry) as session:
+        return describe(session.client, ref)
 
 
 def load_trust(

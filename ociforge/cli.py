@@ -35,10 +35,14 @@ from ociforge.api import (
     BuildResult,
     Compression,
     CompressionOptions,
+    CopyResult,
     Credentials,
     EssentialsOptions,
+    GitlabOptions,
     ImageOptions,
     ImageResult,
+    Inspection,
+    Platform,
     PushPreview,
     PushResult,
     RegistryOptions,
@@ -48,8 +52,11 @@ from ociforge.api import (
     VerifyReport,
     build,
     check_created,
+    copy_image,
     generate_cosign_key,
     generate_key,
+    gitlab_pipeline,
+    inspect_image,
     load_cosign_key,
     load_trust,
     parse_annotation_items,
@@ -59,7 +66,9 @@ from ociforge.api import (
     push,
     push_index,
     push_many,
+    read_jobs_file,
     sbom,
+    tag_image,
     terminate_children,
     verify,
 )
@@ -1010,3 +1019,211 @@ def index_command(dest: str, sources: tuple[str, ...], **kw: Any) -> None:
             click.echo(f"{ref}@{result.digest}")
 
     _run(kw["debug"], action)
+
+
+# --- promotion and inspection: copy, tag, inspect -------------------------------------------
+
+_PROMOTE_REGISTRY = {"username", "password_stdin", "insecure", "ca_file", "timeout"}
+_PROMOTE_OPTIONS = [
+    o for o in _REGISTRY_OPTIONS if {p.name for p in _params_of(o)} <= _PROMOTE_REGISTRY
+]
+_COPY_OPTIONS = [
+    o for o in _REGISTRY_OPTIONS if {p.name for p in _params_of(o)} <= {"jobs", "chunk_size"}
+]
+
+
+def _promote_registry(kw: dict[str, Any]) -> RegistryOptions:
+    """The registry options of copy, tag and inspect: no layer cache, no mounts to name."""
+    defaults = {"jobs": 4, "chunk_size": None, "mount_from": None, "cache_from": ()}
+    return _registry_options({**defaults, **kw, "no_cache": True, "cache_dir": None})
+
+
+@main.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("destinations", nargs=-1, required=True, metavar="DEST [DEST...]")
+@_options(_PROMOTE_OPTIONS + _COPY_OPTIONS)
+@_options(_COMMON_OPTIONS)
+def copy_command(source: str, destinations: tuple[str, ...], **kw: Any) -> None:
+    """Copy the image or index SRC (host/repo:tag or @digest) to DEST (host/repo:tag).
+
+    Same registry: blobs are mounted from SRC's repository. Another registry: each blob is
+    streamed from SRC to DEST and checked against its digest; a mismatch fails the copy and
+    tags nothing. Credentials (--username/--password-stdin) are DEST's; SRC's come from the
+    credential chain. Prints DEST@sha256:<digest> per tag.
+    """
+
+    def action() -> None:
+        with _display(kw) as display:
+            result = copy_image(
+                source, destinations, registry=_promote_registry(kw), on_event=display.handle
+            )
+        if not display.quiet:
+            outcomes = [b.outcome for b in result.blobs]
+            counts = ", ".join(f"{outcomes.count(o)} {o}" for o in sorted(set(outcomes)))
+            state = "up to date" if result.up_to_date else f"copied {len(outcomes)} blobs"
+            click.echo(f"ociforge: {state}{f' ({counts})' if counts else ''}", err=True)
+        if kw["as_json"]:
+            click.echo(json.dumps(_copy_summary(result), indent=2))
+            return
+        for ref in result.references:
+            click.echo(f"{ref}@{result.manifest_digest}")
+
+    _run(kw["debug"], action)
+
+
+def _copy_summary(result: CopyResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
+        "references": list(result.references),
+        "manifest_digest": result.manifest_digest,
+        "up_to_date": result.up_to_date,
+        "manifests": result.manifests,
+        "blobs": [
+            {"digest": str(b.descriptor.digest), "size": b.descriptor.size, "outcome": b.outcome}
+            for b in result.blobs
+        ],
+    }
+
+
+@main.command("tag")
+@click.argument("reference", metavar="REF")
+@click.argument("tags", nargs=-1, required=True, metavar="NEWTAG...")
+@_options(_PROMOTE_OPTIONS)
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr.")
+def tag_command(reference: str, tags: tuple[str, ...], **kw: Any) -> None:
+    """Put the manifest REF holds under NEWTAG... in the same repository (no blob traffic).
+
+    Prints host/repo:NEWTAG@sha256:<digest> per tag.
+    """
+
+    def action() -> None:
+        result = tag_image(reference, tags, registry=_promote_registry(kw))
+        for ref in result.references:
+            click.echo(f"{ref}@{result.manifest_digest}")
+
+    _run(kw["debug"], action)
+
+
+@main.command("inspect")
+@click.argument("reference", metavar="REF")
+@_options(_PROMOTE_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole description as JSON.")
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr.")
+def inspect_command(reference: str, **kw: Any) -> None:
+    """Describe REF: platforms of an index, each image's layers with their store paths (from
+    the config's history), sizes and annotations."""
+
+    def action() -> None:
+        result = inspect_image(reference, registry=_promote_registry(kw))
+        if kw["as_json"]:
+            click.echo(json.dumps(_inspection_document(result), indent=2))
+        else:
+            click.echo("\n".join(_inspection_lines(result)))
+
+    _run(kw["debug"], action)
+
+
+def _platform_text(platform: Platform | None) -> str:
+    if platform is None:
+        return "unknown platform"
+    return "/".join(p for p in (platform.os, platform.architecture, platform.variant) if p)
+
+
+def _inspection_document(result: Inspection) -> dict[str, Any]:
+    images = [
+        {
+            "digest": image.digest,
+            "mediaType": image.media_type,
+            "platform": _platform_text(image.platform) if image.platform else None,
+            "created": image.created,
+            "size": image.size,
+            "config": image.config.document(),
+            "annotations": image.annotations,
+            "layers": [
+                {**layer.descriptor.document(), "comment": layer.comment} for layer in image.layers
+            ],
+        }
+        for image in result.images
+    ]
+    return {
+        "reference": result.reference,
+        "digest": result.digest,
+        "mediaType": result.media_type,
+        "annotations": result.annotations,
+        "images": images,
+    }
+
+
+def _inspection_lines(result: Inspection) -> list[str]:
+    kind = f"index of {len(result.images)} images" if result.is_index else "image"
+    lines = [f"{result.reference}@{result.digest}  {kind}  {result.media_type}"]
+    lines += [f"  annotation {k}={v}" for k, v in sorted(result.annotations.items())]
+    for image in result.images:
+        lines.append(
+            f"{_platform_text(image.platform)}  {image.digest}  {human_size(image.size)} in "
+            f"{len(image.layers)} layers  created {image.created or 'unknown'}"
+        )
+        lines += [f"  annotation {k}={v}" for k, v in sorted(image.annotations.items())]
+        for n, layer in enumerate(image.layers, 1):
+            size = human_size(layer.descriptor.size)
+            lines.append(f"  layer {n:>3}  {size:>9}  {layer.descriptor.digest}  {layer.comment}")
+    return lines
+
+
+# --- GitLab CI scale-out --------------------------------------------------------------------
+
+
+@main.group("ci")
+def ci_group() -> None:
+    """Pipelines for CI systems that spread the images over their runners."""
+
+
+@ci_group.command("gitlab")
+@click.argument("jobs_file", metavar="JOBS.json")
+@click.option(
+    "--image",
+    "job_image",
+    default="$OCIFORGE_IMAGE",
+    show_default=True,
+    help="The jobs' image: one with ociforge and Nix (the project's own ociforge image).",
+)
+@click.option(
+    "--no-image", is_flag=True, help="Leave image: out (shell executors, gitlab-ci-local)."
+)
+@click.option(
+    "--runner-tags",
+    multiple=True,
+    metavar="SYSTEM=TAG[,TAG]",
+    help="Runner tags of a platform's jobs (default: GitLab.com's saas-linux-small-amd64 and "
+    "-arm64); SYSTEM= gives none. Repeatable.",
+)
+@click.option("--retries", type=click.IntRange(0, 2), default=2, show_default=True)
+@click.option("--debug", is_flag=True, help="Debug logs and tracebacks on stderr.")
+def ci_gitlab_command(jobs_file: str, **kw: Any) -> None:
+    """Print a child pipeline: a job per image and platform, index jobs after their children.
+
+    JOBS.json: {"images": [{"image", "platform", "script"}], "indexes": [{"image",
+    "platforms", "script"}]}. Write it to a file and trigger it from the parent pipeline
+    (see examples/image-repo/scale-out).
+    """
+
+    def action() -> None:
+        images, indexes = read_jobs_file(jobs_file)
+        options = GitlabOptions(
+            job_image=None if kw["no_image"] else kw["job_image"],
+            runner_tags=_runner_tags(kw["runner_tags"]),
+            retries=kw["retries"],
+        )
+        click.echo(gitlab_pipeline(images, indexes, options), nl=False)
+
+    _run(kw["debug"], action)
+
+
+def _runner_tags(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    tags = dict(GitlabOptions().runner_tags)
+    for item in items:
+        system, sep, value = item.partition("=")
+        if not sep or not system:
+            raise UsageError(f"--runner-tags: {item!r} is not SYSTEM=TAG[,TAG]")
+        tags[system] = tuple(t for t in value.split(",") if t)
+    return tags

@@ -58,7 +58,9 @@ ALLOWED: dict[str, set[str]] = {
         "supply",
         "supplyapi",
         "batch",
+        "ci_gitlab",
     },
+    "ci_gitlab": {"errors"},
     "supplyapi": _VALUES
     | {"source", "nix", "assemble", "publish", "registry", "reference", "sinks", "supply"},
     "progress": {"events"},
@@ -189,6 +191,19 @@ PUBLIC_API = {
     "read_closure",
     "sbom",
     "verify",
+    # promotion and inspection (publish/promote.py)
+    "CopyResult",
+    "Inspection",
+    "TagResult",
+    "copy_image",
+    "inspect_image",
+    "tag_image",
+    # GitLab CI scale-out (ci_gitlab.py)
+    "GitlabOptions",
+    "ImageJob",
+    "IndexJob",
+    "gitlab_pipeline",
+    "read_jobs_file",
 }
 
 

@@ -180,6 +180,39 @@ def config_platform(data: bytes) -> Platform:
     ) or Platform("", "")
 
 
+@dataclass(frozen=True)
+class ConfigSummary:
+    """What an image config says for people (``ociforge inspect``): where the image runs, when
+    it was made, and one history comment per layer ("" where the history has none)."""
+
+    platform: Platform | None
+    created: str | None
+    layer_comments: tuple[str, ...]
+
+
+def parse_config_summary(data: bytes, layers: int) -> ConfigSummary:
+    """The summary of an image config whose manifest has ``layers`` layers.
+
+    History entries with ``empty_layer`` describe no layer and are skipped; a history that
+    does not cover every layer (other tools write none) leaves the rest without comment.
+    """
+    obj = json_object(data, "image config")
+    arch, os_name, variant = obj.get("architecture"), obj.get("os"), obj.get("variant")
+    platform = None
+    if isinstance(arch, str) and isinstance(os_name, str):
+        platform = Platform(arch, os_name, variant if isinstance(variant, str) else None)
+    created = obj.get("created")
+    history = obj.get("history")
+    entries = [e for e in history if isinstance(e, dict)] if isinstance(history, list) else []
+    comments = [
+        str(e.get("comment") or e.get("created_by") or "")
+        for e in entries
+        if not e.get("empty_layer")
+    ]
+    comments = (comments + [""] * layers)[:layers]
+    return ConfigSummary(platform, created if isinstance(created, str) else None, tuple(comments))
+
+
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     """``data`` as a JSON object; ImageError naming ``what`` otherwise."""
     try:

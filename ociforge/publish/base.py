@@ -43,7 +43,7 @@ from ociforge.registry import (
     get_small_blob,
     resolve_credentials,
 )
-from ociforge.registry.download import stream_blob
+from ociforge.registry.download import BlobDownload
 from ociforge.sinks.oci_layout import OciLayout
 from ociforge.source import parse_layout_ref
 from ociforge.spec import INDEX_TYPES, ImageFormat, layer_media_type_in
@@ -119,7 +119,9 @@ class BaseResolver:
             raise ImageError(f"base image {name}: its config {manifest.config.digest} is missing")
 
         def blobs(descriptor: Descriptor) -> Iterator[bytes]:
-            return stream_blob(client, repo, descriptor.digest)
+            # Checked again by BaseImage.open (as a layout's blobs are): the registry's
+            # answer is hashed here too, so its error names the registry.
+            return iter(BlobDownload(client, repo, descriptor.digest, descriptor.size))
 
         return BaseImage(
             name=name,

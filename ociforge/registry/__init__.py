@@ -10,6 +10,7 @@ from ociforge.registry.auth import Challenge, merge_scopes, parse_challenges, re
 from ociforge.registry.client import RegistryClient, Transport, check_ca_bundle
 from ociforge.registry.credentials import Credentials, auth_file_paths, resolve_credentials
 from ociforge.registry.deadline import default_timeout
+from ociforge.registry.download import BlobDownload
 from ociforge.registry.manifests import get_manifest, get_small_blob, put_manifest
 from ociforge.registry.responses import check_response, redact_url
 from ociforge.registry.streams import BlobStream, BytesBlob, HashingStream, StreamOpener
@@ -26,6 +27,7 @@ from ociforge.registry.upload import (
 )
 
 __all__ = [
+    "BlobDownload",
     "BlobJob",
     "BlobResult",
     "BlobStream",

@@ -22,12 +22,13 @@ refused before reading when its Content-Length is over it and never buffered pas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 import httpx
@@ -53,6 +54,7 @@ DEFAULT_STALL_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 15.0
 ABORT_TIMEOUT = 1.0  # a best-effort request of a push that is stopping (DELETE of a session)
 DEFAULT_BODY_LIMIT = 1 << 20  # an answer that is no document (ping, upload steps)
+UNREAD = -1  # max_body of open_stream: a successful answer's body is left for the caller
 TOKEN_BODY_LIMIT = 1 << 20
 _MAX_REDIRECTS = 5
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -197,6 +199,52 @@ class RegistryClient:
         restarting the whole blob.
         """
         return method != "PATCH" and (content is None or isinstance(content, bytes))
+
+    @contextlib.contextmanager
+    def open_stream(
+        self,
+        url: httpx.URL | str,
+        *,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[httpx.Response]:
+        """GET whose successful answer is not read: the caller streams it with
+        :meth:`iter_body` (a blob of any size, never held whole). Everything up to the first
+        body byte (auth challenge, redirects without our credentials, retries in place) is as
+        in :meth:`request`; the response is closed on leaving the block."""
+        response = self.request(
+            "GET",
+            url,
+            scopes=scopes,
+            headers=headers,
+            follow_redirects=True,
+            cancel=cancel,
+            max_body=UNREAD,
+        )
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def iter_body(
+        self, response: httpx.Response, *, cancel: threading.Event | None = None
+    ) -> Iterator[bytes]:
+        """The body of an :meth:`open_stream` answer as it arrives: a stall or a broken
+        connection is a temporary RegistryError, the deadline and ``cancel`` end it."""
+        request = response.request
+        received = 0
+        try:
+            for chunk in response.iter_bytes():
+                _stop_if_cancelled(cancel, f"{request.method} {request.url.path} stopped")
+                self.check_deadline(
+                    f"{request.method} {request.url.path} was still arriving "
+                    f"({received} bytes so far)"
+                )
+                received += len(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, request.method, request.url) from None
 
     def retry_delay(
         self, error: RegistryError, attempt: int, *, temporary: bool | None = None
@@ -413,9 +461,14 @@ class RegistryClient:
         )
 
     def _exchange(self, request: httpx.Request, max_body: int) -> httpx.Response:
+        """One hop, its body read (bounded); with ``max_body=UNREAD`` a success is returned
+        unread and open, for the caller to stream (:meth:`open_stream`)."""
         method, url = request.method, request.url
         try:
             response = self._http.send(request, stream=True)
+            if max_body == UNREAD and response.is_success:
+                log.debug("%s %s -> %d (streamed)", method, redact_url(url), response.status_code)
+                return response
             try:
                 body = self._read_body(response, max_body)
             finally:

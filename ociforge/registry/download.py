@@ -1,71 +1,70 @@
-"""Blobs read as they stream (a base image's layers): never held whole, whatever their size.
+"""Streamed blob GET: a blob of one repository read as a :class:`BlobStream`.
 
-``RegistryClient.request`` reads every answer into memory under a size limit, which suits
-documents, not layers. Here a body-less ``HEAD`` goes first through the client (it answers the
-auth challenge, so the token is cached, and says clearly when the blob is missing), then the
-``GET`` is streamed with that token. Redirects (to blob storage) are followed without the
-``Authorization`` header: httpx drops it when the origin changes. The caller checks the bytes
-against their digest; nothing here trusts them.
+What a copy between registries sends on: the source's bytes go straight into the
+destination's upload (``upload_blob`` with this as the stream), chunk by chunk, never held
+whole. A registry (or a proxy) is not believed: the bytes are hashed as they pass, and more
+bytes than the descriptor's size, fewer, or another digest raise RegistryDigestError before the
+stream ends, so the upload's finalising PUT is never sent with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator
 
-import httpx
-
-from ociforge.digest import Digest
+from ociforge.digest import Digest, HashingCounter
+from ociforge.errors import RegistryDigestError
 from ociforge.registry.auth import repository_scope
 from ociforge.registry.client import RegistryClient
-from ociforge.registry.responses import ERROR_BODY_LIMIT, check_response, redact_url
-
-_CHUNK = 1 << 20
-_MAX_REDIRECTS = 5
+from ociforge.registry.responses import redact_url
 
 
-def stream_blob(
-    client: RegistryClient,
-    repo: str,
-    digest: Digest,
-    *,
-    scopes: Sequence[str] | None = None,
-) -> Iterator[bytes]:
-    """The bytes of blob ``digest`` of ``repo``, in chunks as they arrive (unchecked)."""
-    scopes = list(scopes or [repository_scope(repo, "pull")])
-    path = f"/v2/{repo}/blobs/{digest}"
-    client.request("HEAD", path, scopes=scopes, expect={200}, follow_redirects=True)
-    return _streamed(client, client.url(path), scopes)
+class BlobDownload:
+    """The blob ``digest`` (``size`` bytes) of ``repo``, fetched again on each iteration."""
 
+    def __init__(
+        self,
+        client: RegistryClient,
+        repo: str,
+        digest: Digest,
+        size: int,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.repo = repo
+        self.expected = digest
+        self.expected_size = size
+        self.cancel = cancel
+        self._counter = HashingCounter()
 
-def _streamed(client: RegistryClient, url: httpx.URL, scopes: Sequence[str]) -> Iterator[bytes]:
-    authorization = client.auth.authorization(scopes)
-    headers = {"Authorization": authorization} if authorization else {}
-    http = client._http  # the client's pool and timeouts: one policy
-    try:
-        request = http.build_request("GET", url, headers=headers, timeout=client._timeouts())
-        response = http.send(request, stream=True)
-        for _ in range(_MAX_REDIRECTS):
-            if response.next_request is None:
-                break
-            response.close()
-            response = http.send(response.next_request, stream=True)
-    except httpx.HTTPError as exc:
-        raise client._transport_error(exc, "GET", url) from None
-    try:
-        if response.status_code != 200:
-            body = b""
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) >= ERROR_BODY_LIMIT:  # an error page says all it can in that
-                    break
-            answer = httpx.Response(response.status_code, content=body, request=response.request)
-            check_response(answer, expect={200}, auth_hint=client.auth_hint(url))
-        received = 0
-        for chunk in response.iter_raw(_CHUNK):
-            received += len(chunk)
-            client.check_deadline(f"GET {redact_url(url)} was still arriving ({received} bytes)")
-            yield chunk
-    except httpx.HTTPError as exc:
-        raise client._transport_error(exc, "GET", url) from None
-    finally:
-        response.close()
+    def __iter__(self) -> Iterator[bytes]:
+        self._counter = HashingCounter()
+        path = f"/v2/{self.repo}/blobs/{self.expected}"
+        scopes = [repository_scope(self.repo, "pull")]
+        with self.client.open_stream(path, scopes=scopes, cancel=self.cancel) as response:
+            where = redact_url(response.request.url)
+            for chunk in self._counter.tap(self.client.iter_body(response, cancel=self.cancel)):
+                if self._counter.size > self.expected_size:
+                    raise self._mismatch(f"more than {self.expected_size} bytes", where)
+                yield chunk
+        if self._counter.size != self.expected_size:
+            raise self._mismatch(f"{self._counter.size} of {self.expected_size} bytes", where)
+        if self._counter.digest != self.expected:
+            raise self._mismatch(str(self._counter.digest), where)
+
+    def _mismatch(self, actual: str, where: str) -> RegistryDigestError:
+        return RegistryDigestError(
+            f"{self.client.registry} sent blob {self.expected} of {self.repo}",
+            str(self.expected),
+            actual,
+            url=where,
+        )
+
+    @property
+    def digest(self) -> Digest:
+        return self._counter.digest
+
+    @property
+    def size(self) -> int:
+        return self._counter.size
