@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeGuard
 
+from ociforge.errors import UsageError
 from ociforge.events import (
     BlobFinished,
     BlobProgress,
@@ -237,7 +238,7 @@ class ProgressDisplay:
             terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
             mode = "bar" if terminal else "plain"
         interval = os.environ.get(INTERVAL_ENV)
-        chosen = float(interval) if interval and mode == "plain" else None
+        chosen = _interval(interval) if interval and mode == "plain" else None
         return cls(_mode(mode), quiet=quiet, interval=chosen)
 
     @property
@@ -392,3 +393,14 @@ def _tqdm() -> type[tqdm[Any]]:
     from tqdm import tqdm  # noqa: PLC0415 - deferred on purpose, see above
 
     return tqdm
+
+
+def _interval(text: str) -> float:
+    """``OCIFORGE_PROGRESS_INTERVAL``: positive seconds (0 would flood the log)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise UsageError(f"{INTERVAL_ENV}={text!r}: give the seconds between progress lines")
+    return seconds

@@ -219,27 +219,33 @@ def generate_key() -> tuple[str, str]:
 
 
 def local_secret(environ: Mapping[str, str]) -> bytes | None:
-    """This machine's cache secret, made on first use; None if it cannot be kept."""
-    base = environ.get("XDG_STATE_HOME") or str(
-        Path(environ.get("HOME") or "~").expanduser() / ".local/state"
-    )
+    """This machine's cache secret (32 random bytes), made on first use; None if it cannot be
+    kept or is not one (an empty or short file turns the cache off rather than weakening it)."""
+    home = Path(environ.get("HOME") or "~").expanduser()
+    base = environ.get("XDG_STATE_HOME") or str(home / ".local" / "state")
     path = Path(base) / "ociforge" / "cache-secret"
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole under another name, then linked: a concurrent reader sees all of
+            # it or none, and of two writers the first link wins.
+            tmp = path.with_name(f".cache-secret-{secrets.token_hex(8)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(_SECRET_BYTES))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        secret = path.read_bytes()
     except OSError:
         return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-        return path.read_bytes()
-    except FileExistsError:  # made by a concurrent ociforge meanwhile
-        return path.read_bytes()
-    except OSError:
-        return None
+    return secret if len(secret) == _SECRET_BYTES else None
+
+
+_SECRET_BYTES = 32
 
 
 def _read(path: str) -> str:

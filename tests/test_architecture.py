@@ -63,7 +63,7 @@ ALLOWED: dict[str, set[str]] = {
     "ci_gitlab": {"errors"},
     "supplyapi": _VALUES
     | {"source", "nix", "assemble", "publish", "registry", "reference", "sinks", "supply"},
-    "progress": {"events"},
+    "progress": {"events", "errors"},
     "cli": {"api", "errors", "progress"},
     "__main__": {"cli"},
 }

@@ -219,6 +219,8 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
         obj = json.loads(data)
     except ValueError as exc:  # also UnicodeDecodeError
         raise ImageError(f"{what} is not JSON: {exc}") from None
+    except RecursionError:  # a few KB of brackets, from anyone who can write a manifest
+        raise ImageError(f"{what} is nested too deeply to be a document") from None
     if not isinstance(obj, dict):
         raise ImageError(f"{what} is not a JSON object")
     return obj

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,9 +54,8 @@ class LayerCache:
     def get(self, key: str) -> LayerDigests | None:
         if not self._secret:
             return None
-        try:
-            raw = self._path(key).read_text()
-        except OSError:
+        raw = _read_small(self._path(key))
+        if raw is None:
             return None
         try:
             data = json.loads(raw)
@@ -88,6 +88,26 @@ class LayerCache:
     def forget(self, key: str) -> None:
         with contextlib.suppress(OSError):
             self._path(key).unlink()
+
+
+_MAX_ENTRY = 4096  # an entry is a few hundred bytes
+
+
+def _read_small(path: Path) -> bytes | None:
+    """An entry's bytes, or None: the cache directory may be shared, so a FIFO, a link or a
+    huge file there is not read (no blocking, no following, at most _MAX_ENTRY bytes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _MAX_ENTRY + 1)[: _MAX_ENTRY + 1] or None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, entry: Mapping[str, object]) -> None:

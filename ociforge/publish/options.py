@@ -36,7 +36,8 @@ class RegistryOptions:
     # either way for that long fails a request as temporary (the retry policy takes it).
     timeout: float | None = None
     stall_timeout: float = 60.0
-    env: Mapping[str, str] | None = None  # default: os.environ (credential chain)
+    # default: os.environ (credential chain); never in a repr: it holds tokens and keys
+    env: Mapping[str, str] | None = field(default=None, repr=False)
     home: Path | None = None
     # Local layer cache (default: $OCIFORGE_CACHE_DIR or the XDG cache dir); None disables it
     # and leaves only what the registry's previous manifests tell.

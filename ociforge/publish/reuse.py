@@ -19,7 +19,7 @@ from ociforge.image.documents import config_diff_ids, parse_manifest
 from ociforge.publish.cache import LayerCache
 from ociforge.registry import RegistryClient, blob_exists, get_small_blob
 from ociforge.spec import IMAGE_MANIFEST_TYPES
-from ociforge.trust import TrustKeys
+from ociforge.trust import SIGNER_ANNOTATION, TrustKeys
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,14 @@ def known_layers(
             break
         if media_type not in IMAGE_MANIFEST_TYPES:
             continue
-        claims, signed = _from_manifest(client, repo, data, trust, scopes)
+        claims, signer = _from_manifest(client, repo, data, trust, scopes)
         found = {k: v for k, v in claims.items() if k in wanted and k not in known}
-        if signed:
+        if signer is not None:
             known.update(found)
-            for key, layer in found.items():
-                if cache is not None:
+            # Only our own key's claims go in the cache (under our MAC): another project's
+            # stay trusted only while its key is.
+            if cache is not None and signer == trust.signer_id:
+                for key, layer in found.items():
                     cache.put(key, layer)
         else:
             hints.update({k: v for k, v in found.items() if k not in hints})
@@ -79,33 +81,34 @@ def known_layers(
 
 def _from_manifest(
     client: RegistryClient, repo: str, data: bytes, trust: TrustKeys, scopes: Sequence[str]
-) -> tuple[dict[str, LayerDigests], bool]:
-    """The layers a manifest pushed by ociforge claims (key -> digests), and whether a trusted
-    key signed that claim."""
+) -> tuple[dict[str, LayerDigests], str | None]:
+    """The layers a manifest pushed by ociforge claims (key -> digests), and which trusted
+    key signed that claim (None: none did)."""
     try:
         manifest = parse_manifest(data)
     except ImageError as exc:
         log.debug("ignoring an unreadable manifest in %s: %s", repo, exc)
-        return {}, False
+        return {}, None
     annotated = [(d.annotations.get(KEY_ANNOTATION), d) for d in manifest.layers]
     if not any(key for key, _ in annotated):
-        return {}, False
+        return {}, None
     config_bytes = get_small_blob(client, repo, manifest.config.digest, scopes=scopes)
     try:
         diff_ids = config_diff_ids(config_bytes) if config_bytes is not None else ()
     except ImageError as exc:
         log.debug("ignoring a manifest of %s whose config is unreadable: %s", repo, exc)
-        return {}, False
+        return {}, None
     if len(diff_ids) != len(manifest.layers):
         log.debug("ignoring a manifest of %s whose config lists other layers", repo)
-        return {}, False
+        return {}, None
     claims = {
         key: LayerDigests(diff_id, d.digest, d.size)
         for (key, d), diff_id in zip(annotated, diff_ids, strict=True)
         if key
     }
     table = [(k, v.digest, v.diff_id, v.size) for k, v in claims.items()]
-    return claims, trust.verify(table, manifest.annotations)
+    signed = trust.verify(table, manifest.annotations)
+    return claims, manifest.annotations.get(SIGNER_ANNOTATION) if signed else None
 
 
 @dataclass(frozen=True)

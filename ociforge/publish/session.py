@@ -63,6 +63,7 @@ from ociforge.registry import (
     BlobResult,
     HashingStream,
     RegistryClient,
+    blob_exists,
     get_manifest,
     resolve_credentials,
     upload_all,
@@ -152,7 +153,8 @@ class PushSession:
         """
         started = time.monotonic()
         made, current, knowledge = self._survey(plan, refs)
-        known = {**knowledge.known, **self._hash_hinted(made, knowledge.hints)}
+        hashed = self._hash_hinted(made, knowledge.hints, refs[0].repository, current)
+        known = {**knowledge.known, **hashed}
         digest = held_by_every_tag(made, known, refs, current)
         if digest is not None:
             blobs = [
@@ -230,11 +232,18 @@ class PushSession:
         return os.environ if self.options.env is None else self.options.env
 
     def _hash_hinted(
-        self, plan: ImagePlan, hints: Mapping[str, LayerDigests]
+        self, plan: ImagePlan, hints: Mapping[str, LayerDigests], repo: str, current: Tags
     ) -> dict[str, LayerDigests]:
         """Digests of the layers that unsigned manifests claim, computed from the store: the
         claims only say the upload may be skippable, never which blob a layer is."""
-        todo = [layer for layer in plan.layers if layer.key in hints]
+        # Only a claimed blob the repository really has can save an upload: the others would
+        # be compressed twice (here, then to upload them).
+        present = referenced(current, repo)  # what the tags name is there: no HEAD needed
+
+        def there(digest: Digest) -> bool:
+            return digest in present or blob_exists(self.client, repo, digest) is not None
+
+        todo = [x for x in plan.layers if x.key in hints and there(hints[x.key].digest)]
         if not todo:
             return {}
         self.on_event(
@@ -251,8 +260,14 @@ class PushSession:
                     pass
             return stream.result
 
-        with ThreadPoolExecutor(self.options.jobs, thread_name_prefix="ociforge-hash") as pool:
+        pool = ThreadPoolExecutor(self.options.jobs, thread_name_prefix="ociforge-hash")
+        try:
             computed = dict(zip((t.key for t in todo), pool.map(digests, todo), strict=True))
+        except BaseException:
+            # An interrupt or a failed layer: queued layers are not hashed for nothing.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         for key, layer in computed.items():
             self._learned[key] = layer
             if self.cache is not None:
@@ -459,6 +474,8 @@ class PushSession:
         if config is not None:
             for repo in dict.fromkeys(r.repository for r in refs):
                 upload_bytes(self.client, repo, config)
+        scopes = self.options.scopes(refs)
+        check_tag_rules(self.client, refs, scopes, current or {}, Digest.of(manifest))
         return put_tags(self.client, refs, manifest, media_type, current)
 
 

@@ -121,7 +121,8 @@ def put_tags(
                 raise
             left = ", ".join(tag_names(refs[i:]))
             message = f"{error}; tags updated: {', '.join(moved)}; not updated: {left}"
-            raise type(error)(
+            cls = AuthError if isinstance(error, AuthError) else RegistryError
+            raise cls(
                 message,
                 method=error.method,
                 url=error.url,
@@ -133,10 +134,16 @@ def put_tags(
 
 
 def check_tag_rules(
-    client: RegistryClient, refs: Sequence[Reference], scopes: Sequence[str], current: Tags
+    client: RegistryClient,
+    refs: Sequence[Reference],
+    scopes: Sequence[str],
+    current: Tags,
+    digest: Digest | None = None,
 ) -> None:
-    """Refuse, before any blob is sent, a tag the registry will refuse: GitLab writes its
-    protected (push denied) and immutable tag patterns into the token's access claims."""
+    """Refuse a tag the registry will refuse: GitLab writes its protected (push denied) and
+    immutable tag patterns into the token's access claims. Protected tags are checked before
+    any blob is sent; immutable ones once the manifest ``digest`` is known (a tag that already
+    holds this very image is fine), before any tag moves."""
     claims = client.auth.token_claims(scopes)
     access = claims.get("access") if claims else None
     if not isinstance(access, list):
@@ -150,13 +157,13 @@ def check_tag_rules(
             ),
             None,
         )
+        found = current.get((ref.repository, ref.manifest_ref))
+        other = found is not None and digest is not None and found[2] != digest
         if isinstance(meta, dict):
-            _check_tag(
-                ref, meta, exists=current.get((ref.repository, ref.manifest_ref)) is not None
-            )
+            _check_tag(ref, meta, overwrites=other)
 
 
-def _check_tag(ref: Reference, meta: dict[str, object], *, exists: bool) -> None:
+def _check_tag(ref: Reference, meta: dict[str, object], *, overwrites: bool) -> None:
     tag = ref.manifest_ref
     deny = meta.get("tag_deny_access_patterns")
     for pattern in _patterns(deny.get("push") if isinstance(deny, dict) else None):
@@ -167,7 +174,7 @@ def _check_tag(ref: Reference, meta: dict[str, object], *, exists: bool) -> None
                 "registries > Protected container tags), or use another tag"
             )
     for pattern in _patterns(meta.get("tag_immutable_patterns")):
-        if exists and _matches(pattern, tag):
+        if overwrites and _matches(pattern, tag):
             raise RegistryError(
                 f"tag {ref.name}:{tag} is immutable (rule {pattern!r}) and holds another image: "
                 "push a new tag instead"

@@ -234,8 +234,9 @@ class RegistryClient:
         connection is a temporary RegistryError, the deadline and ``cancel`` end it."""
         request = response.request
         received = 0
+        _check_encoding(response)
         try:
-            for chunk in response.iter_bytes():
+            for chunk in _raw(response):
                 _stop_if_cancelled(cancel, f"{request.method} {request.url.path} stopped")
                 self.check_deadline(
                     f"{request.method} {request.url.path} was still arriving "
@@ -488,8 +489,11 @@ class RegistryClient:
         declared = response.headers.get("content-length", "")
         if success and request.method != "HEAD" and declared.isdigit() and int(declared) > limit:
             raise _too_large(response, f"of {int(declared)} bytes (Content-Length), unread", limit)
+        if not success and _encoded(response):
+            return b""  # an error page we cannot read safely: its status says enough
+        _check_encoding(response)
         body = bytearray()
-        for chunk in response.iter_bytes():
+        for chunk in _raw(response):  # raw: the limits count what arrives
             body += chunk
             if len(body) > limit:
                 if success:
@@ -686,3 +690,33 @@ class _LazyTransport(httpx.BaseTransport):
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
+
+
+def _check_encoding(response: httpx.Response) -> None:
+    """We ask for ``identity``: a compressed answer could expand past every size limit (128 KiB
+    of zstd is gigabytes), and a blob's digest is over its raw bytes. Refused, not decoded."""
+    if _encoded(response):
+        encoding = response.headers["content-encoding"]
+        request = response.request
+        raise RegistryError(
+            f"{request.url.host} answered {request.method} {redact_url(request.url)} with "
+            f"Content-Encoding {encoding!r} although identity was asked: refused",
+            method=request.method,
+            url=redact_url(request.url),
+            status=response.status_code,
+        )
+
+
+def _encoded(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").strip().lower() not in (
+        "",
+        "identity",
+    )
+
+
+def _raw(response: httpx.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive, undecoded; a body read already (an in-memory answer,
+    as a test transport gives) as it is."""
+    if response.is_stream_consumed:
+        return iter([response.content])
+    return response.iter_raw()

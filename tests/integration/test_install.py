@@ -230,7 +230,7 @@ def test_bash_completion_completes_subcommands_and_options(venv: Path) -> None:
         '_ociforge_completion ociforge; printf "%s\\n" "${COMPREPLY[@]}"'
     )
     commands = run(["bash", "-c", complete], cwd=venv, env={**env, "WORDS": "ociforge p"})
-    assert commands.split() == ["push"], commands
+    assert commands.split() == ["push", "push-all"], commands
     options = run(
         ["bash", "-c", complete], cwd=venv, env={**env, "WORDS": "ociforge build --closure-"}
     )
