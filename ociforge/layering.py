@@ -56,7 +56,7 @@ class LayerPlan:
 def plan_layers(
     graph: Mapping[str, Sequence[str]],
     *,
-    strategy: str = "popularity",
+    strategy: str = "auto",
     max_layers: int = 100,
     sizes: Mapping[str, int] | None = None,
 ) -> list[LayerPlan]:
