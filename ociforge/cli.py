@@ -320,11 +320,7 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    package_name="ociforge",
-    # Which deflate ran matters for reproducing a digest: ISA-L and zlib write other bytes.
-    message=f"%(prog)s, version %(version)s (gzip: {CompressionOptions().engine})",
-)
+@click.version_option(package_name="ociforge")
 def main() -> None:
     """Build and push OCI images of Nix closures in one streaming pass."""
 
