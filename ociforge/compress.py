@@ -263,7 +263,7 @@ def _gzip(chunks: Iterable[bytes], level: int, threads: int) -> Iterator[bytes]:
     yield from ordered_map(
         partial(_deflate_block, engine), jobs, workers=threads, ahead=_AHEAD_PER_THREAD * threads
     )
-    if trailer.size == 0:  # no block at all: an empty final block, as zlib writes it
+    if trailer.size == 0:  # no block at all: an empty final block (zlib's, the same at any level)
         yield zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
     yield trailer.pack()
 
