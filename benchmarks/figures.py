@@ -10,6 +10,7 @@ registries there (one wiped before every cold run, one that keeps what warm runs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,9 +21,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.closure_gen import generate, requisites
+from benchmarks.closure_gen import build_plan, requisites
 from benchmarks.measure import Command
+from benchmarks.plan import bump_package
 from benchmarks.registry import loopback_registry, storage_wiper
+from benchmarks.shapes import plan_closure
 from tests.support.registry import RegistryServer
 
 log = logging.getLogger(__name__)
@@ -37,10 +40,13 @@ class ClosureInfo:
     paths: tuple[str, ...]
     nar_bytes: int
     files: int
+    bumped: str | None = None  # the package changed against the plain closure (churn figures)
+    changed_bytes: int | None = None  # NAR bytes of the store paths that bump changed
 
     @property
     def label(self) -> str:
-        return f"{self.shape} x{self.scale:g}"
+        bump = f", {self.bumped} bumped" if self.bumped else ""
+        return f"{self.shape} x{self.scale:g}{bump}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Figure:
     target_s: float | None = None  # a goal for ours' wall time (issue 4), shown, never checked
     cold_figure: str | None = None  # the figure (same closure, same run) this one is warm after
     setup: tuple[Command, ...] = ()  # run once, unrecorded, before anything else (warm-up too)
+    churn: bool = False  # report bytes uploaded against closure.changed_bytes
 
 
 @dataclass
@@ -62,18 +69,24 @@ class BenchContext:
     workdir: Path
     scale: float
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    _closures: dict[tuple[str, float], ClosureInfo] = field(default_factory=dict)
+    _closures: dict[tuple[str, float, str | None], ClosureInfo] = field(default_factory=dict)
 
-    def closure(self, shape: str, scale: float) -> ClosureInfo:
-        """The closure of ``shape`` at ``scale``, generated in the store on first use."""
-        key = (shape, scale)
+    def closure(self, shape: str, scale: float, bump: str | None = None) -> ClosureInfo:
+        """The closure of ``shape`` at ``scale``, generated in the store on first use; with
+        ``bump``, the same closure with that package changed (a new version of it)."""
+        key = (shape, scale, bump)
         if key not in self._closures:
             log.info("generating %s x%g (nearly free when already in the store)", shape, scale)
-            generated = generate(shape, scale)
+            plan = plan_closure(shape, scale)
+            generated = build_plan(bump_package(plan, bump) if bump else plan)
             paths = tuple(requisites(generated.root))
-            self._closures[key] = ClosureInfo(
+            info = ClosureInfo(
                 shape, scale, generated.root, paths, nar_size(paths), generated.plan.stats().files
             )
+            if bump:
+                changed = tuple(sorted(set(paths) - set(self.closure(shape, scale).paths)))
+                info = dataclasses.replace(info, bumped=bump, changed_bytes=nar_size(changed))
+            self._closures[key] = info
         return self._closures[key]
 
     def env(self) -> dict[str, str]:
@@ -136,49 +149,71 @@ def nar_size(paths: tuple[str, ...]) -> int:
 
 # --- the figure sets -------------------------------------------------------------------------
 
+# The floors: one pipeline doing the same work on every core, with the fastest tools there are
+# (openssl hashes at about 5x sha256sum's speed, igzip -T is ISA-L on every core): ociforge
+# hashes the tar (diff_id) and the blob (digest), so each floor hashes both too.
+HASH = "openssl dgst -sha256"
+TEE_HASH = f"tee >({HASH} >/dev/null)"  # the tar's hash, beside the pipeline
+
+
+def gzip_floor(ctx: BenchContext, level: int) -> str:
+    return f"{TEE_HASH} | igzip -{level} -T {ctx.jobs} -c | {HASH}"
+
+
+def zstd_floor(level: int) -> str:
+    return f"{TEE_HASH} | zstd -{level} -T0 -q -c | {HASH}"
+
+
+UNCOMPRESSED_FLOOR = f"{TEE_HASH} | {HASH}"  # tar hashed twice: diff_id and digest are one
+ONE_HASH = HASH  # a docker archive: one hash (diff_id) of the plain tar
+
 
 def build_figure(
-    ctx: BenchContext, closure: ClosureInfo, compression: str, level: int | None, stages: str
+    ctx: BenchContext,
+    closure: ClosureInfo,
+    compression: str | None,
+    level: int | None,
+    stages: str,
+    *,
+    target: str = "oci",
 ) -> Figure:
-    """``ociforge build`` into a fresh OCI layout against ``tar | STAGES`` on the same paths.
+    """``ociforge build`` into a fresh OCI layout (or a docker archive to /dev/null) against
+    ``tar | STAGES`` on the same paths. ``compression`` None: ociforge's defaults.
 
-    The reference ends in ``sha256sum`` because ociforge hashes every layer it writes; it writes
-    nothing, so it is the floor a shell pipeline reaches, not a full image build.
+    The reference writes nothing, so it is the floor a shell pipeline reaches, not a full
+    image build.
     """
-    tag = compression if level is None else f"{compression}-{level}"
+    tag = "default" if compression is None else compression
+    tag += "" if level is None else f"-{level}"
     out = ctx.workdir / f"oci-{tag}-{closure.shape}-{closure.scale:g}"
-    args = ["build", closure.root, f"oci:{out}:bench", "--json", "--no-progress"]
-    args += ["--compression", compression]
-    if level is not None:
-        args += ["--compression-level", str(level)]
-    ours = ctx.ociforge(f"ociforge build {tag}", *args, output=out)
+    dest = f"oci:{out}:bench" if target == "oci" else "docker-archive:/dev/null"
+    args = ["build", closure.root, dest, "--json", "--no-progress"]
+    args += [] if compression is None else ["--compression", compression]
+    args += [] if level is None else ["--compression-level", str(level)]
+    name = f"build {tag}" if target == "oci" else "build docker-archive"
+    ours = ctx.ociforge(f"ociforge {name}", *args, output=out if target == "oci" else None)
     reference = ctx.pipeline(f"tar | {stages}", stages, closure)
-    return Figure(f"build {tag}", closure, ours, reference, f"tar | {stages}")
-
-
-def pigz1(ctx: BenchContext) -> str:
-    return f"pigz -1 -p {ctx.jobs} | sha256sum"
-
-
-ZSTD3 = "zstd -3 -T0 -q -c | sha256sum"
+    return Figure(name, closure, ours, reference, f"tar | {stages}")
 
 
 def gzip1(ctx: BenchContext, closure: ClosureInfo) -> Figure:
-    return build_figure(ctx, closure, "gzip", 1, pigz1(ctx))
-
-
-def zstd3(ctx: BenchContext, closure: ClosureInfo) -> Figure:
-    return build_figure(ctx, closure, "zstd", 3, ZSTD3)
-
-
-def uncompressed(ctx: BenchContext, closure: ClosureInfo) -> Figure:
-    return build_figure(ctx, closure, "none", None, "sha256sum")
+    return build_figure(ctx, closure, "gzip", 1, gzip_floor(ctx, 1))
 
 
 def build_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
     realistic = ctx.closure("realistic", ctx.scale)
     tiny = ctx.closure("tiny-files", ctx.scale)
-    return [gzip1(ctx, realistic), zstd3(ctx, realistic), uncompressed(ctx, tiny), gzip1(ctx, tiny)]
+    return [
+        # The defaults (gzip 3 on ISA-L) against igzip at the same ISA-L level.
+        build_figure(ctx, realistic, None, None, gzip_floor(ctx, 3)),
+        gzip1(ctx, realistic),
+        build_figure(ctx, realistic, "zstd", 1, zstd_floor(1)),
+        build_figure(ctx, realistic, "zstd", 3, zstd_floor(3)),
+        build_figure(ctx, realistic, "none", None, UNCOMPRESSED_FLOOR),
+        build_figure(ctx, realistic, None, None, ONE_HASH, target="docker-archive"),
+        build_figure(ctx, tiny, "none", None, ONE_HASH),
+        gzip1(ctx, tiny),
+    ]
 
 
 def linearity_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
@@ -193,12 +228,18 @@ FRESH_RUNNER_TARGET_S = 1.0  # empty cache: the tag's previous manifest tells wh
 
 
 def push_args(
-    closure: ClosureInfo, ref: str, cache: Path, compression: str, level: int
+    closure: ClosureInfo, ref: str, cache: Path, compression: str | None, level: int | None
 ) -> list[str]:
-    return [
-        "push", closure.root, ref, "--cache-dir", str(cache), "--compression", compression,
-        "--compression-level", str(level), "--json", "--no-progress",
-    ]  # fmt: skip
+    """``ociforge push`` arguments; ``compression`` None: ociforge's defaults."""
+    args = ["push", closure.root, ref, "--cache-dir", str(cache), "--json", "--no-progress"]
+    args += [] if compression is None else ["--compression", compression]
+    return args + ([] if level is None else ["--compression-level", str(level)])
+
+
+def _tag(compression: str | None, level: int | None) -> str:
+    return ("default" if compression is None else compression) + (
+        "" if level is None else f"-{level}"
+    )
 
 
 def cold_push(
@@ -206,32 +247,59 @@ def cold_push(
     registry: RegistryServer,
     closure: ClosureInfo,
     repo: str,
-    compression: str,
-    level: int,
+    compression: str | None,
+    level: int | None,
+    *extra: str,
 ) -> Command:
     """``ociforge push`` as a fresh runner's first push: the registry is wiped and the layer
     cache emptied before every run, so every blob is compressed, hashed and uploaded."""
     cache = ctx.workdir / f"cache-{repo}"
     ref = f"{registry.host}/bench/{repo}:latest"
     prepare = _chain([storage_wiper(registry), _emptier(cache, recreate=True)])
-    args = push_args(closure, ref, cache, compression, level)
-    return ctx.ociforge(f"ociforge push {compression}-{level}", *args, prepare=prepare)
+    args = [*push_args(closure, ref, cache, compression, level), *extra]
+    label = f"ociforge push {_tag(compression, level)}"
+    return ctx.ociforge(label, *args, prepare=prepare)
 
 
 def push_figure(
     ctx: BenchContext,
     registry: RegistryServer,
     closure: ClosureInfo,
-    compression: str,
-    level: int,
+    compression: str | None,
+    level: int | None,
     stages: str,
 ) -> Figure:
     """A cold push against ``tar | STAGES``: the same floor as the build figures (the reference
     uploads nothing; the registry's own work shows up in ociforge's wall time only)."""
-    tag = f"{compression}-{level}"
+    tag = _tag(compression, level)
     ours = cold_push(ctx, registry, closure, f"push-{tag}", compression, level)
     reference = ctx.pipeline(f"tar | {stages}", stages, closure)
     return Figure(f"push {tag}", closure, ours, reference, f"tar | {stages}")
+
+
+SEED_SCRIPT = (
+    'set -eo pipefail; "$1" -m ociforge build "$2" docker-archive:- --strategy popularity'
+    ' --quiet --no-progress | gzip --fast > "$3.gz";'
+    # skopeo 1.9.3 cannot read a gzipped archive (newer ones decompress it themselves): the
+    # same work, done by gzip -d.
+    ' gzip -dc "$3.gz" > "$3";'
+    ' skopeo --insecure-policy copy --quiet --dest-tls-verify=false "docker-archive:$3"'
+    ' "docker://$4"'
+)
+
+
+def seed_figure(ctx: BenchContext, registry: RegistryServer, closure: ClosureInfo) -> Figure:
+    """The default cold push against the pipeline it replaces: ``streamLayeredImage | gzip
+    --fast | skopeo copy`` (``ociforge build docker-archive:-`` with popularity layers stands
+    in for streamLayeredImage: the same layers, as a plain-tar docker archive)."""
+    archive = ctx.workdir / "seed-archive.tar"
+    ref = f"{registry.host}/bench/seed:latest"
+    argv = ("bash", "-c", SEED_SCRIPT, "bash", sys.executable, closure.root, str(archive), ref)
+    prepare = _chain([storage_wiper(registry), _emptier(archive)])
+    reference = Command("seed pipeline", argv, prepare=prepare, env=ctx.env(), cwd=REPO)
+    ours = cold_push(ctx, registry, closure, "push-vs-seed", None, None)
+    text = "ociforge build docker-archive:- | gzip --fast > F.gz; skopeo copy docker-archive:F"
+    return Figure("push default vs seed pipeline", closure, ours, reference, text)
 
 
 def skopeo_figure(ctx: BenchContext, registry: RegistryServer, closure: ClosureInfo) -> Figure:
@@ -240,16 +308,15 @@ def skopeo_figure(ctx: BenchContext, registry: RegistryServer, closure: ClosureI
     layout = ctx.workdir / "oci-for-skopeo"
     ref = f"{registry.host}/bench/skopeo:latest"
     script = (
-        'set -e; "$1" -m ociforge build "$2" "oci:$3:bench" --compression gzip'
-        " --compression-level 1 --quiet --no-progress;"
+        'set -e; "$1" -m ociforge build "$2" "oci:$3:bench" --quiet --no-progress;'
         ' skopeo --insecure-policy copy --quiet --dest-tls-verify=false "oci:$3:bench" "docker://$4"'
     )
     argv = ("bash", "-c", script, "bash", sys.executable, closure.root, str(layout), ref)
     prepare = _chain([storage_wiper(registry), _emptier(layout)])
     reference = Command("build + skopeo copy", argv, prepare=prepare, env=ctx.env(), cwd=REPO)
-    ours = cold_push(ctx, registry, closure, "push-vs-skopeo", "gzip", 1)
-    text = "ociforge build gzip-1 oci:DIR && skopeo copy oci:DIR docker://REF"
-    return Figure("push gzip-1 vs build+skopeo", closure, ours, reference, text)
+    ours = cold_push(ctx, registry, closure, "push-vs-skopeo", None, None)
+    text = "ociforge build oci:DIR && skopeo copy oci:DIR docker://REF"
+    return Figure("push default vs build+skopeo", closure, ours, reference, text)
 
 
 def warm_figure(
@@ -265,18 +332,18 @@ def warm_figure(
     # One tag for both kinds: whichever runs second finds it filled, and its setup is warm.
     ref = f"{registry.host}/bench/warm:latest"
     prepare = _emptier(cache, recreate=True) if fresh_runner else None
-    args = push_args(closure, ref, cache, "gzip", 1)
+    args = push_args(closure, ref, cache, None, None)
     ours = ctx.ociforge(f"ociforge push warm, {kind}", *args, prepare=prepare)
     nix = ("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "-r")
     reference = Command("nix path-info", (*nix, closure.root), env=ctx.env())
     return Figure(
-        f"warm push gzip-1, {kind}",
+        f"warm push, {kind}",
         closure,
         ours,
         reference,
         "nix path-info --json -r ROOT",
         target_s=FRESH_RUNNER_TARGET_S if fresh_runner else WARM_TARGET_S,
-        cold_figure="push gzip-1",
+        cold_figure="push default vs seed pipeline",
         setup=(ours,),
     )
 
@@ -287,7 +354,7 @@ def new_commit_figure(ctx: BenchContext, registry: RegistryServer, closure: Clos
     every run the tag is moved to the previous commit's manifest, unrecorded."""
     cache = ctx.workdir / "cache-warm-new-commit"
     ref = f"{registry.host}/bench/commit:latest"
-    args = push_args(closure, ref, cache, "gzip", 1)
+    args = push_args(closure, ref, cache, None, None)
     previous = ctx.ociforge("previous commit", *args, "--annotation", "rev=previous")
 
     def retag() -> None:
@@ -300,12 +367,12 @@ def new_commit_figure(ctx: BenchContext, registry: RegistryServer, closure: Clos
     )
     nix = ("nix", "--extra-experimental-features", "nix-command", "path-info", "--json", "-r")
     return Figure(
-        "warm push gzip-1, new commit",
+        "warm push, new commit",
         closure,
         ours,
         Command("nix path-info", (*nix, closure.root), env=ctx.env()),
         "nix path-info --json -r ROOT",
-        cold_figure="push gzip-1",
+        cold_figure="push default vs seed pipeline",
         setup=(previous,),
     )
 
@@ -325,13 +392,74 @@ def push_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
     cold = stack.enter_context(loopback_registry(ctx.workdir / "registry-cold"))
     warm = stack.enter_context(loopback_registry(ctx.workdir / "registry-warm"))
     return [
-        push_figure(ctx, cold, closure, "gzip", 1, pigz1(ctx)),
-        push_figure(ctx, cold, closure, "zstd", 3, ZSTD3),
+        seed_figure(ctx, cold, closure),
+        push_figure(ctx, cold, closure, "gzip", 1, gzip_floor(ctx, 1)),
+        push_figure(ctx, cold, closure, "zstd", 1, zstd_floor(1)),
         skopeo_figure(ctx, cold, closure),
         startup_figure(ctx, closure),
         warm_figure(ctx, warm, closure, fresh_runner=False),
         warm_figure(ctx, warm, closure, fresh_runner=True),
         new_commit_figure(ctx, warm, closure),
+    ]
+
+
+# --- churn: the next release of one package, pushed over the previous image -----------------
+
+CHURN_PACKAGE = "webapp-server"  # an application only the root refers to: a leaf bump
+FULL_PATHS = 192  # store paths of the realistic closure at scale 1
+
+
+def layer_budget(closure: ClosureInfo) -> list[str]:
+    """``--max-layers`` for a closure smaller than the full one: as many paths per layer as
+    the full closure has at the default budget of 100, so popularity still has its catch-all
+    layer (with fewer paths than layers, every strategy gives one path per layer)."""
+    if len(closure.paths) >= FULL_PATHS:
+        return []
+    return ["--max-layers", str(max(3, round(100 * len(closure.paths) / FULL_PATHS)))]
+
+
+def churn_figure(
+    ctx: BenchContext, registry: RegistryServer, base: ClosureInfo, strategy: str | None
+) -> Figure:
+    """The bumped closure pushed over the tag holding the previous one, from a fresh runner
+    (empty layer cache: what is there comes from the tag's manifest). Before every run the
+    registry is wiped and the previous image pushed again (unrecorded). The figure that
+    matters is bytes: uploaded over the NAR size of the store paths the bump changed. The
+    reference is a cold push of the bumped closure, for the time."""
+    bumped = ctx.closure(base.shape, base.scale, CHURN_PACKAGE)
+    name = strategy or "default"
+    ref = f"{registry.host}/bench/churn-{name}:latest"
+    cache = ctx.workdir / f"cache-churn-{name}"
+    extra = [*layer_budget(base), *(["--strategy", strategy] if strategy else [])]
+    previous = ctx.ociforge("previous release", *push_args(base, ref, cache, None, None), *extra)
+
+    def push_previous() -> None:
+        storage_wiper(registry)()
+        subprocess.run(
+            previous.argv, env=previous.env, cwd=previous.cwd, check=True, capture_output=True
+        )
+        _emptier(cache, recreate=True)()
+
+    args = [*push_args(bumped, ref, cache, None, None), *extra]
+    ours = ctx.ociforge(f"ociforge push bump, {name}", *args, prepare=push_previous)
+    reference = cold_push(ctx, registry, bumped, f"churn-cold-{name}", None, None, *extra)
+    return Figure(
+        f"churn: {CHURN_PACKAGE} bump, {name} layers",
+        bumped,
+        ours,
+        reference,
+        "cold push of the bumped closure",
+        churn=True,
+    )
+
+
+def churn_figures(ctx: BenchContext, stack: ExitStack) -> list[Figure]:
+    """A leaf bump pushed with the default layering and with popularity."""
+    base = ctx.closure("realistic", ctx.scale)
+    registry = stack.enter_context(loopback_registry(ctx.workdir / "registry-churn"))
+    return [
+        churn_figure(ctx, registry, base, None),
+        churn_figure(ctx, registry, base, "popularity"),
     ]
 
 
@@ -355,5 +483,6 @@ FIGURE_SETS: dict[str, FigureSet] = {
     "linearity": linearity_figures,
     "push": push_figures,
     "warm": warm_figures,
+    "churn": churn_figures,
 }
-DEFAULT_SETS = ("build", "linearity", "push")  # warm's figures are part of push
+DEFAULT_SETS = ("build", "linearity", "push", "churn")  # warm's figures are part of push

@@ -233,3 +233,20 @@ class Planner:
             b.file(path, kind, size, f"{b.name}/{path}")
             paths.append(path)
         return paths
+
+
+def bump_package(plan: ClosurePlan, name_prefix: str) -> ClosurePlan:
+    """``plan`` with one package changed, as a new release of it would be: one more file (a
+    version stamp), so its store path and those of the packages referring to it change.
+
+    ``name_prefix`` picks the package (``webapp-server`` matches ``webapp-server-1.4.0``).
+    """
+    index = next((i for i, p in enumerate(plan.packages) if p.name.startswith(name_prefix)), None)
+    if index is None:
+        raise ValueError(f"no package named {name_prefix}* in the {plan.shape} plan")
+    package = plan.packages[index]
+    stamp: Entry = ["t", "share/release-stamp", "bumped\n", False]
+    entries = (*package.entries, stamp)
+    packages = list(plan.packages)
+    packages[index] = PackageSpec(package.name, package.deps, entries)
+    return ClosurePlan(plan.shape, plan.scale, plan.seed, tuple(packages))

@@ -57,6 +57,8 @@ class FigureResult:
     target_s: float | None = None
     cold_figure: str | None = None
     blobs: str | None = None  # push figures: what the measured runs did with the blobs
+    uploaded_bytes: int | None = None  # push figures: blob bytes the last measured run uploaded
+    churn: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -74,6 +76,15 @@ def image_bytes(sample: Sample) -> int | None:
         else:
             layers = summary["layers"]
         return sum(int(layer["size"]) for layer in layers)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def uploaded_bytes(sample: Sample) -> int | None:
+    """The bytes of the blobs ``ociforge push --json`` uploaded (None for other commands)."""
+    try:
+        blobs = json.loads(sample.stdout)["blobs"]
+        return sum(int(b["size"]) for b in blobs if b["outcome"] == "uploaded")
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -129,6 +140,8 @@ def measure(figure: Figure, runs: int, scratch: Path, *, warmup: bool = True) ->
         figure.target_s,
         figure.cold_figure,
         blob_outcomes(ours),
+        uploaded_bytes(ours[-1]),
+        figure.churn,
     )
 
 
@@ -231,7 +244,7 @@ def push_table(results: Sequence[FigureResult]) -> str:
     by_name = {(r.name, r.closure): r for r in results}
     rows = []
     for r in results:
-        if r.blobs is None:
+        if r.blobs is None or r.churn:
             continue
         cold = by_name.get((r.cold_figure, r.closure)) if r.cold_figure else None
         rows.append(
@@ -251,6 +264,35 @@ def push_table(results: Sequence[FigureResult]) -> str:
     return _table(PUSH_COLUMNS, rows) if rows else ""
 
 
+CHURN_COLUMNS = (
+    "figure", "changed store paths MB", "uploaded MB", "uploaded/changed", "push s",
+    "cold push s", "push/cold", "blobs", "ociforge peak RSS MiB",
+)  # fmt: skip
+
+
+def churn_table(results: Sequence[FigureResult]) -> str:
+    """Leaf bumps: blob bytes uploaded over the NAR bytes of the store paths that changed."""
+    rows = []
+    for r in results:
+        changed, uploaded = r.closure.changed_bytes, r.uploaded_bytes
+        if not r.churn or not changed or uploaded is None:
+            continue
+        rows.append(
+            [
+                r.name,
+                f"{changed / MB:.1f}",
+                f"{uploaded / MB:.1f}",
+                _fmt(uploaded / changed),
+                _fmt(r.ours.wall_s),
+                _fmt(r.reference.wall_s if r.reference else None),
+                _fmt(r.ratio),
+                str(r.blobs),
+                _mib(r.ours),
+            ]
+        )
+    return _table(CHURN_COLUMNS, rows) if rows else ""
+
+
 def report(results: Sequence[FigureResult], runs: int, jobs: int, *, warmup: bool = True) -> str:
     first = "after one warm-up run (warm page cache)" if warmup else "without a warm-up run"
     parts = [
@@ -263,6 +305,9 @@ def report(results: Sequence[FigureResult], runs: int, jobs: int, *, warmup: boo
     pushes = push_table(results)
     if pushes:
         parts += ["", "Pushes to docker-registry on loopback:", "", pushes]
+    churn = churn_table(results)
+    if churn:
+        parts += ["", "Leaf bump pushed over the previous release (fresh runner):", "", churn]
     linearity = linearity_table(results)
     if linearity:
         parts += ["", "Linearity (realistic closure, gzip -1):", "", linearity]

@@ -181,9 +181,13 @@ _IMAGE_OPTIONS = [
     click.option(
         "--strategy",
         type=click.Choice(STRATEGIES),
-        default="popularity",
+        default="auto",
         show_default=True,
-        help="How store paths are grouped into layers.",
+        help=(
+            "How store paths are grouped into layers: auto (nixpkgs' auto-layer: a changed"
+            " package re-ships about its own layer) or popularity (streamLayeredImage's old"
+            " layers, byte for byte; its catch-all layer changes with almost any change)."
+        ),
     ),
     click.option(
         "--max-layers",
@@ -197,12 +201,19 @@ _IMAGE_OPTIONS = [
         type=click.Choice([c.value for c in Compression]),
         default="gzip",
         show_default=True,
+        help=(
+            "Layer compression. zstd is smaller and faster, but Docker 20.10 and containerd 1.4"
+            " (still on many runners) cannot pull it."
+        ),
     ),
     click.option(
         "--compression-level",
         type=int,
         default=None,
-        help="gzip 1-9 (default 6), zstd 1-19 (default 3).",
+        help=(
+            f"gzip 1-9 (default 3: {CompressionOptions().engine}; 1-3 run on ISA-L when"
+            f" installed, 4-9 on zlib, several times slower), zstd 1-22 (default 3)."
+        ),
     ),
     click.option("--entrypoint", help='JSON array (\'["/bin/sh","-c"]\') or a shell-split string.'),
     click.option("--cmd", help="JSON array or a shell-split string."),

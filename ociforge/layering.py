@@ -16,7 +16,7 @@ Strategies (:data:`STRATEGIES`):
     ``streamLayeredImage`` computed it until late 2024: same scores, same tie-break, same
     one-path-per-layer split with a final catch-all layer. Kept so that images built by ociforge
     share layers with (and look like) what those users already have.
-``auto``
+``auto`` (the default)
     nixpkgs' "auto-layer" (its default since PR #355189): the largest paths each anchor a layer
     with the dependencies only they use; dependencies shared by several anchors are grouped by
     the set of anchors using them. Layers then survive small changes elsewhere in the closure.
@@ -56,7 +56,7 @@ class LayerPlan:
 def plan_layers(
     graph: Mapping[str, Sequence[str]],
     *,
-    strategy: str = "popularity",
+    strategy: str = "auto",
     max_layers: int = 100,
     sizes: Mapping[str, int] | None = None,
 ) -> list[LayerPlan]:

@@ -16,12 +16,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import zlib
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-
-import zstandard
 
 from ociforge.compress import Compression, CompressionOptions, compress_chunks
 from ociforge.digest import Digest, HashingCounter
@@ -198,7 +195,7 @@ class EntriesLayer(LayerRecipe):
 
 KEY_ANNOTATION = "dev.ociforge.layer.key"
 # Bump when anything that shapes layer bytes changes in ociforge itself (tar format, headers).
-KEY_FORMAT = 2  # 2: block-parallel gzip and multi-threaded zstd frames
+KEY_FORMAT = 3  # 2: block-parallel gzip and multi-threaded zstd frames; 3: gzip on ISA-L
 
 
 def layer_key(recipe: LayerRecipe, nar_hashes: Mapping[str, str], media_type: str) -> str:
@@ -207,8 +204,9 @@ def layer_key(recipe: LayerRecipe, nar_hashes: Mapping[str, str], media_type: st
         "format": KEY_FORMAT,
         "media_type": media_type,
         "compression": [recipe.compression.algorithm.value, recipe.compression.effective_level],
-        # The same input compresses to other bytes under another zlib or libzstd release.
-        "libraries": [zlib.ZLIB_RUNTIME_VERSION, zstandard.ZSTD_VERSION],
+        # The same input compresses to other bytes under another backend (ISA-L or zlib for
+        # gzip) or another release of it: the engine names both, and the backend's own level.
+        "engine": recipe.compression.engine,
     }
     if isinstance(recipe, StoreLayer):
         identity["tar"] = _tar_fields(recipe.tar_options)

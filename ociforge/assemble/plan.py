@@ -56,7 +56,7 @@ class ImageOptions:
     """Everything that decides the bytes of an image, besides the closure itself."""
 
     format: ImageFormat = "oci"
-    strategy: str = "popularity"
+    strategy: str = "auto"  # churn-aware: a leaf bump re-ships about the leaf, not the image
     max_layers: int = 100
     compression: CompressionOptions = field(default_factory=CompressionOptions)
     tar: TarOptions = field(default_factory=TarOptions)

@@ -36,6 +36,7 @@ from ociforge.events import (
 from ociforge.image.documents import Descriptor
 from ociforge.sinks.files import check_output_file, is_streamed, replaced_atomically
 from ociforge.source import LayoutRef, parse_layout_ref
+from ociforge.threads import cpu_count, ordered_map
 
 if TYPE_CHECKING:  # the writers load when an image is written
     from ociforge.sinks.docker_archive import DockerArchiveWriter
@@ -47,6 +48,9 @@ BASE_IN_ARCHIVE = (
     "--from is not supported for docker-archive: outputs: build to oci:DIR or push, "
     "then convert (skopeo copy oci:DIR docker-archive:FILE)"
 )
+
+
+_PARALLEL_LAYERS = 2  # layers an OCI layout build streams at once
 
 
 @dataclass(frozen=True)
@@ -102,19 +106,27 @@ def write_oci(plan: ImagePlan, target: LayoutRef, on_event: ProgressCallback) ->
     from ociforge.sinks.oci_layout import OciLayout  # noqa: PLC0415
 
     layout = OciLayout(target.directory)
-    results: list[LayerDigests] = []
     on_event(plan_ready(plan))
     _copy_base(plan, layout, on_event)
-    for index, layer in enumerate(plan.layers):
-        key = layer_key_name(index, len(plan.layers))
+    count = len(plan.layers)
+    # Two layers at a time, like a push: one layer's serial parts (tar reading, the two
+    # hashes, fsync) overlap the other's compression. The blobs are content-addressed and the
+    # results come back in plan order, so the layout's bytes do not depend on the timing.
+    workers = max(1, min(_PARALLEL_LAYERS, count))
+    threads = max(1, cpu_count() // workers)
+
+    def write_layer(index: int) -> LayerDigests:
+        layer, key = plan.layers[index], layer_key_name(index, count)
         on_event(BlobStarted(key, None, layer.comment))
-        stream = open_counted(layer, key, on_event)
+        stream = open_counted(layer, key, on_event, threads=threads)
         # The layer stream hashes its blob already: a second sha256 pass would be pure cost.
         digest, size = layout.write_blob_stream(
             reporting(stream, key, on_event), hashed=_hashed_by(stream)
         )
-        results.append(stream.result)
         on_event(BlobFinished(key, "written", size, str(digest)))
+        return stream.result
+
+    results = list(ordered_map(write_layer, range(count), workers=workers, ahead=count))
     built = plan.finish(results)
     # Every blob the new index entry names is stored before index.json changes.
     layout.write_blob(built.config)

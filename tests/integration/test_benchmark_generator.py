@@ -109,6 +109,19 @@ def test_tiny_files_closure() -> None:
     assert requisites(closure.root) == sorted(closure.paths)
 
 
+def test_churn_figures_report_bytes_uploaded_against_the_change(tmp_path: Path) -> None:
+    """The churn set at 1/200 scale, one run: the bump changes two store paths (the package
+    and the root), the push over the previous release uploads some blobs and skips others."""
+    session = run(["churn"], SCALE, 1, tmp_path, warmup=False)
+    assert session.failures == []
+    text = report(session.results, 1, 2, warmup=False)
+    assert "Leaf bump pushed over the previous release" in text
+    for result in session.results:
+        assert result.closure.changed_bytes and result.uploaded_bytes
+        assert re.fullmatch(r"\d+ skipped, \d+ uploaded", str(result.blobs)), result.blobs
+    assert not any(p.name.startswith("registry-") for p in tmp_path.iterdir())
+
+
 def test_push_figures_report_cold_and_warm_pushes(tmp_path: Path) -> None:
     """The push set at 1/200 scale, one run: every row is in the report, cold runs upload
     every blob, warm runs none, and the registries' storage is gone afterwards."""
@@ -118,14 +131,19 @@ def test_push_figures_report_cold_and_warm_pushes(tmp_path: Path) -> None:
     text = report(results, 1, 2, warmup=False)
     pushes = text.split("Pushes to docker-registry on loopback:")[1]
     by_name = {r.name: r for r in results}
-    for name in ("push gzip-1", "push zstd-3", "push gzip-1 vs build+skopeo"):
+    for name in (
+        "push default vs seed pipeline",
+        "push gzip-1",
+        "push zstd-1",
+        "push default vs build+skopeo",
+    ):
         assert f"| {name} |" in pushes
         assert re.fullmatch(r"\d+ uploaded", str(by_name[name].blobs)), by_name[name].blobs
     for name, target in (("local cache", "0.50"), ("fresh runner", "1.00")):
-        warm = by_name[f"warm push gzip-1, {name}"]
+        warm = by_name[f"warm push, {name}"]
         assert re.fullmatch(r"\d+ skipped", str(warm.blobs)), warm.blobs
-        row = pushes.split(f"| warm push gzip-1, {name} |")[1].splitlines()[0]
-        cold_s = f"{by_name['push gzip-1'].ours.wall_s:.2f}"
+        row = pushes.split(f"| warm push, {name} |")[1].splitlines()[0]
+        cold_s = f"{by_name['push default vs seed pipeline'].ours.wall_s:.2f}"
         assert f"| {target} | {cold_s} |" in row
     assert "| start-up: ociforge --help |" in text.split("Pushes to")[0]
     assert all(r.ours.max_rss_kib > 1024 for r in results)

@@ -75,7 +75,12 @@ def push(
     return ociforge.push(
         root,
         refs,
-        options=ImageOptions(max_layers=10, annotations={"rev": commit} if commit else {}),
+        # popularity: the tests below reason about its layers (which ones v2 shares with v1).
+        options=ImageOptions(
+            strategy="popularity",
+            max_layers=10,
+            annotations={"rev": commit} if commit else {},
+        ),
         registry=RegistryOptions(cache_dir=str(cache) if cache else None, **kw),  # type: ignore[arg-type]
     )
 
@@ -285,7 +290,7 @@ def test_dry_run_reports_and_uploads_nothing(
     preview = ociforge.preview(
         v2["app-1.0"],
         [ref],
-        options=ImageOptions(max_layers=10),
+        options=ImageOptions(strategy="popularity", max_layers=10),  # as push() above
         registry=RegistryOptions(cache_dir=None),
     )
     assert [row.action for row in preview.layers] == ["reused", "upload", "upload", "upload"]

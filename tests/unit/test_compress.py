@@ -12,8 +12,17 @@ from collections.abc import Iterator
 
 import pytest
 import zstandard
+from isal import ISAL_VERSION, isal_zlib
 
-from ociforge.compress import Compression, CompressionOptions, _fixed_blocks, compress_chunks
+from ociforge import compress as compress_module
+from ociforge.compress import (
+    Compression,
+    CompressionOptions,
+    GzipEngine,
+    _fixed_blocks,
+    compress_chunks,
+    gzip_engine,
+)
 from ociforge.errors import UsageError
 
 ALGORITHMS = [Compression.GZIP, Compression.ZSTD]
@@ -62,7 +71,7 @@ def test_chunking_of_the_input_does_not_change_the_output(algorithm: Compression
 
 def test_gzip_is_readable_by_gzip_and_pigz_and_has_a_fixed_header() -> None:
     blob = compress(DATA, CompressionOptions(Compression.GZIP))
-    # magic, deflate, no flags (no file name), mtime 0, XFL 0 (level 6), OS 255 (unknown):
+    # magic, deflate, no flags (no file name), mtime 0, XFL 0 (level 3), OS 255 (unknown):
     # like Go's compress/gzip (Docker, containerd, go-containerregistry) and Python's gzip.
     assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
     for tool in (["gzip", "-d"], ["pigz", "-d"]):
@@ -72,27 +81,30 @@ def test_gzip_is_readable_by_gzip_and_pigz_and_has_a_fixed_header() -> None:
     assert zlib.decompressobj(31).decompress(blob) == DATA
 
 
-def pigz_reference(data: bytes, level: int, block: int = 1 << 20) -> bytes:
+def pigz_reference(data: bytes, level: int, *, isal: bool = True, block: int = 1 << 20) -> bytes:
     """The format, written out plainly: independent blocks, each with the 32 KiB before it as
-    dictionary, sync-flushed (the last one finished), in one gzip member."""
+    dictionary, sync-flushed (the last one finished), in one gzip member. Levels 1-3 deflate
+    with ISA-L at that level (with zlib level 1 if ``isal`` is false), 4-9 with zlib."""
+    lib = isal_zlib if isal and level <= 3 else zlib
+    lib_level = level if lib is isal_zlib or level > 3 else 1
     out = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00", bytes([{1: 4, 9: 2}.get(level, 0), 255])]
     starts = range(0, len(data), block)
     for start in starts:
         dictionary = data[max(0, start - 32768) : start]
         if dictionary:
-            engine = zlib.compressobj(level, zlib.DEFLATED, -15, 8, 0, dictionary)
+            engine = lib.compressobj(lib_level, lib.DEFLATED, -15, 8, 0, dictionary)
         else:
-            engine = zlib.compressobj(level, zlib.DEFLATED, -15)
+            engine = lib.compressobj(lib_level, lib.DEFLATED, -15)
         last = start == starts[-1]
         out += [engine.compress(data[start : start + block])]
-        out += [engine.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)]
+        out += [engine.flush(lib.Z_FINISH if last else lib.Z_SYNC_FLUSH)]
     if not data:
-        out.append(zlib.compressobj(level, zlib.DEFLATED, -15).flush())
+        out.append(zlib.compressobj(1, zlib.DEFLATED, -15).flush())
     out.append(struct.pack("<II", zlib.crc32(data), len(data)))
     return b"".join(out)
 
 
-@pytest.mark.parametrize("level", [1, 6, 9])
+@pytest.mark.parametrize("level", [6, 9])
 def test_gzip_is_pigz_style_independent_blocks(level: int) -> None:
     blob = compress(
         split(DATA, itertools.repeat(70_000)), CompressionOptions(Compression.GZIP, level)
@@ -100,6 +112,43 @@ def test_gzip_is_pigz_style_independent_blocks(level: int) -> None:
     assert blob == pigz_reference(DATA, level)
     # the price of independent blocks: well under 1% against one deflate stream
     assert len(blob) < len(gzip.compress(DATA, compresslevel=level, mtime=0)) * 1.01
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_gzip_levels_1_to_3_run_on_isal_in_the_same_block_format(level: int) -> None:
+    blob = compress(
+        split(DATA, itertools.repeat(70_000)), CompressionOptions(Compression.GZIP, level)
+    )
+    assert blob == pigz_reference(DATA, level)
+    assert blob != pigz_reference(DATA, level, isal=False)
+    for tool in (["gzip", "-d", "-c"], ["igzip", "-d", "-c"]):
+        assert subprocess.run(tool, input=blob, capture_output=True, check=True).stdout == DATA
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_without_isal_levels_1_to_3_are_zlib_level_1(
+    level: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compress_module, "isal_zlib", None)
+    blob = compress(DATA, CompressionOptions(Compression.GZIP, level))
+    assert blob == pigz_reference(DATA, level, isal=False)
+    assert gzip_engine(level) == GzipEngine("zlib", zlib.ZLIB_RUNTIME_VERSION, 1)
+    assert CompressionOptions(Compression.GZIP, level).engine.startswith("zlib ")
+
+
+def test_the_engine_names_backend_version_and_level() -> None:
+    assert gzip_engine(3) == GzipEngine("isal", ISAL_VERSION, 3)
+    assert gzip_engine(4) == GzipEngine("zlib", zlib.ZLIB_RUNTIME_VERSION, 4)
+    assert CompressionOptions().engine == f"ISA-L {ISAL_VERSION} level 3"
+    assert (
+        CompressionOptions(Compression.GZIP, 9).engine
+        == f"zlib {zlib.ZLIB_RUNTIME_VERSION} level 9"
+    )
+    assert (
+        CompressionOptions(Compression.ZSTD).engine
+        == "zstd " + ".".join(map(str, zstandard.ZSTD_VERSION)) + " level 3"
+    )
+    assert CompressionOptions(Compression.NONE).engine == "none"
 
 
 GZIP_BLOCK = 1 << 20
@@ -110,7 +159,7 @@ EDGE_SIZES = [0, 1, 1000, 32767, 32768, GZIP_BLOCK - 1, GZIP_BLOCK, GZIP_BLOCK +
 def test_gzip_edge_sizes_round_trip_through_every_decoder(size: int) -> None:
     data = sample(size, seed=size)
     blob = compress(split(data, itertools.repeat(100_000)), CompressionOptions(Compression.GZIP))
-    assert blob == pigz_reference(data, 6)
+    assert blob == pigz_reference(data, 3)
     assert gzip.decompress(blob) == data
     for tool in (["gzip", "-d", "-c"], ["pigz", "-d", "-c"]):
         assert subprocess.run(tool, input=blob, capture_output=True, check=True).stdout == data
@@ -130,9 +179,13 @@ def test_zstd_edge_sizes_round_trip(size: int) -> None:
     assert zstandard.ZstdDecompressor().decompressobj().decompress(blob) == data
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_thread_count_does_not_change_a_byte(algorithm: Compression) -> None:
-    options = CompressionOptions(algorithm)
+@pytest.mark.parametrize(
+    "options",
+    [CompressionOptions(Compression.GZIP, 1), CompressionOptions(Compression.GZIP, 6)]
+    + [CompressionOptions(Compression.ZSTD, level) for level in (1, 3)],
+    ids=["gzip-1-isal", "gzip-6-zlib", "zstd-1", "zstd-3"],
+)
+def test_thread_count_does_not_change_a_byte(options: CompressionOptions) -> None:
     reference = compress(DATA, options)
     rng = random.Random(11)
     for threads in (1, 2, 3, 4, 8):
@@ -245,7 +298,7 @@ def test_invalid_options_rejected(algorithm: str, level: int | None, message: st
 
 def test_options_accept_strings_and_report_effective_level() -> None:
     assert CompressionOptions("zstd").algorithm is Compression.ZSTD  # type: ignore[arg-type]
-    assert CompressionOptions().effective_level == 6
+    assert CompressionOptions().effective_level == 3
     assert CompressionOptions(Compression.ZSTD).effective_level == 3
     assert CompressionOptions(Compression.ZSTD, 19).effective_level == 19
     assert CompressionOptions(Compression.NONE).effective_level is None

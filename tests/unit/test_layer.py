@@ -16,7 +16,8 @@ import pytest
 import zstandard
 
 import ociforge.threads as thread_tools
-from ociforge.assemble.layer import EntriesLayer, LayerRecipe, LayerStream, StoreLayer
+from ociforge import compress as compress_module
+from ociforge.assemble.layer import EntriesLayer, LayerRecipe, LayerStream, StoreLayer, layer_key
 from ociforge.compress import Compression, CompressionOptions
 from ociforge.digest import Digest
 from ociforge.errors import ImageError, UsageError
@@ -290,3 +291,17 @@ def test_nothing_is_read_before_the_first_chunk_is_asked_for(
 def test_a_bad_thread_count_fails_when_the_stream_is_opened() -> None:
     with pytest.raises(UsageError, match="thread count"):
         LayerStream(iter([b"x"]), CompressionOptions(), threads=0)
+
+
+def test_the_layer_key_names_the_gzip_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key computed where gzip runs on zlib must never match a blob ISA-L wrote (or the
+    other way round): the same tar gives other bytes, so the registry's blob would not be the
+    one this machine would write."""
+    path = "/nix/store/" + "a" * 32 + "-app"
+    layer = StoreLayer([path], compression=CompressionOptions(Compression.GZIP, 1))
+    media = "application/vnd.oci.image.layer.v1.tar+gzip"
+    on_isal = layer_key(layer, {path: "sha256:00"}, media)
+    monkeypatch.setattr(compress_module, "isal_zlib", None)
+    on_zlib = layer_key(layer, {path: "sha256:00"}, media)
+    assert on_isal != on_zlib
+    assert layer_key(layer, {path: "sha256:00"}, media) == on_zlib  # and it is stable

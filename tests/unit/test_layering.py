@@ -166,7 +166,9 @@ def test_self_and_duplicate_references_are_ignored() -> None:
     plain = {A: [B], B: [C], C: []}
     noisy = {A: [A, B, B], B: [B, C], C: [C]}
     assert popularity_scores(noisy) == popularity_scores(plain) == {A: 1, B: 2, C: 3}
-    assert plan_layers(noisy, max_layers=3) == plan_layers(plain, max_layers=3)
+    assert plan_layers(noisy, max_layers=3, strategy="popularity") == plan_layers(
+        plain, max_layers=3, strategy="popularity"
+    )
 
 
 # --- popularity: the streamLayeredImage split ---------------------------------------------------
@@ -187,18 +189,18 @@ CHAIN5_ORDER = [sp(f"p{i}") for i in (5, 4, 3, 2, 1)]  # deepest is most popular
     ],
 )
 def test_popularity_split(max_layers: int, expected: list[list[str]]) -> None:
-    plans = plan_layers(CHAIN5, max_layers=max_layers)
+    plans = plan_layers(CHAIN5, max_layers=max_layers, strategy="popularity")
     assert layers(plans) == expected
     assert len(plans) <= max_layers - 1
 
 
 def test_popularity_descriptions_name_the_path_or_count_the_catch_all() -> None:
-    plans = plan_layers(CHAIN5, max_layers=4)
+    plans = plan_layers(CHAIN5, max_layers=4, strategy="popularity")
     assert [plan.description for plan in plans] == ["p5", "p4", "3 less popular store paths"]
 
 
 def test_empty_graph_has_no_layers() -> None:
-    assert plan_layers({}) == []
+    assert plan_layers({}, strategy="popularity") == []
     assert plan_layers({}, strategy="auto", sizes={}) == []
 
 
@@ -216,7 +218,7 @@ def test_popularity_order_equals_closure_graph_py() -> None:
 def test_popularity_layers_equal_stream_layered_image(max_layers: int) -> None:
     graph, _ = load_fixture_graph()
     expected = json.loads((FIXTURES / f"popularity-{max_layers}.json").read_text())
-    assert layers(plan_layers(graph, max_layers=max_layers)) == expected
+    assert layers(plan_layers(graph, max_layers=max_layers, strategy="popularity")) == expected
 
 
 # --- auto: hand-worked graphs --------------------------------------------------------------------
@@ -391,14 +393,14 @@ def test_unknown_strategy_lists_the_valid_ones() -> None:
 
 def test_reference_missing_from_graph_is_refused() -> None:
     with pytest.raises(UsageError, match=f"{A} references {B}, which is missing"):
-        plan_layers({A: [B]})
+        plan_layers({A: [B]}, strategy="popularity")
     with pytest.raises(UsageError, match="missing"):
         popularity_order({A: [A, C]})
 
 
 def test_reference_cycle_is_refused() -> None:
     with pytest.raises(UsageError, match="cycle"):
-        plan_layers({A: [B], B: [C], C: [B]})
+        plan_layers({A: [B], B: [C], C: [B]}, strategy="popularity")
 
 
 def test_auto_needs_sizes_for_every_path() -> None:
@@ -406,3 +408,10 @@ def test_auto_needs_sizes_for_every_path() -> None:
         plan_layers(SMALL, strategy="auto")
     with pytest.raises(UsageError, match=f"narSize for store path {APP}"):
         plan_layers(SMALL, strategy="auto", sizes={p: 1 for p in SMALL if p != APP})
+
+
+def test_the_default_strategy_is_auto() -> None:
+    """auto by default: with popularity a leaf bump changes the catch-all layer, which holds
+    most of a real closure's bytes (nixpkgs made auto-layer streamLayeredImage's default)."""
+    default = plan_layers(SMALL, max_layers=4, sizes=SMALL_SIZES)
+    assert default == plan_layers(SMALL, strategy="auto", max_layers=4, sizes=SMALL_SIZES)
