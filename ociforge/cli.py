@@ -374,7 +374,8 @@ def options_from_cli(kw: dict[str, Any]) -> ImageOptions:
     )
 
 
-def _essentials(kw: dict[str, Any]) -> EssentialsOptions:
+def _essentials(kw: dict[str, Any]) -> EssentialsOptions | None:
+    """None (the source's default) unless essentials or one of their settings were asked for."""
     on = kw["essentials"] if kw["essentials"] is not None else kw["devshell"]
     chosen = {
         "user": kw["user"],
@@ -383,6 +384,8 @@ def _essentials(kw: dict[str, Any]) -> EssentialsOptions:
         "with_nix": kw["with_nix"],
         "adds": tuple(kw["adds"]),
     }
+    if kw["essentials"] is None and not on and not any(chosen.values()):
+        return None
     return EssentialsOptions(**chosen) if on else EssentialsOptions.only(**chosen)
 
 

@@ -111,6 +111,18 @@ def is_temporary(status: int, codes: Container[str] = ()) -> bool:
     return status in (408, 429) or status >= 500 or "TOOMANYREQUESTS" in codes
 
 
+def _racing_manifest(request: httpx.Request, codes: Container[str]) -> bool:
+    """distribution 2.8.2 answers a manifest PUT with 400 DIGEST_INVALID when a blob it names
+    is being committed by a concurrent upload at that moment (two CI jobs pushing the same
+    layers: seen here). The manifest's own digest is ours, computed over the bytes sent, so the
+    complaint is about the race: the same PUT is repeated in place like any temporary error."""
+    return (
+        request.method == "PUT"
+        and "/manifests/" in request.url.path
+        and ("DIGEST_INVALID" in codes)
+    )
+
+
 def check_response(
     response: httpx.Response,
     *,
@@ -150,7 +162,7 @@ def error_from_response(
         url=redact_url(request.url),
         status=status,
         codes=codes,
-        temporary=is_temporary(status, codes),
+        temporary=is_temporary(status, codes) or _racing_manifest(request, codes),
         retry_after=parse_retry_after(response.headers.get("retry-after"), now),
     )
 

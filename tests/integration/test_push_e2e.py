@@ -400,7 +400,7 @@ WRITES = ('"POST ', '"PATCH ', '"PUT ')
 
 @pytest.mark.parametrize(
     ("flags", "named"),
-    [(["--env", "A=1"], "runtime"), (["--strategy", "auto"], "strategy")],
+    [(["--env", "A=1"], "runtime"), (["--strategy", "popularity"], "strategy")],
 )
 def test_image_options_with_an_oci_source_are_refused_not_ignored(
     closure: BuiltClosure,

@@ -82,8 +82,10 @@ def ociforge(*args: str) -> tuple[int, str]:
         check=False,
     )
     err = proc.stderr.decode()
-    if proc.returncode != 0:  # every failure is one line, without a traceback
-        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    if proc.returncode != 0:  # every failure is one error line (the last), without a traceback
+        errors = [line for line in err.splitlines() if line.startswith("ociforge: error: ")]
+        assert len(errors) == 1 and err.strip().endswith(errors[0]), err
+        assert "Traceback" not in err, err
     return proc.returncode, err
 
 

@@ -532,3 +532,12 @@ def test_a_refused_later_tag_names_what_moved_and_what_did_not(images: Images) -
     assert f"not updated: registry.test/{REPO}:stable" in message
     assert world.manifest("latest") != world.old_manifests["latest"]  # it did move
     assert world.manifest("stable") == world.old_manifests["stable"]
+
+
+def test_a_manifest_put_racing_a_concurrent_blob_commit_is_repeated(images: Images) -> None:
+    """distribution answers 400 DIGEST_INVALID to a manifest PUT while another job commits a
+    blob it names: repeated in place, the push completes."""
+    world = World(images)
+    race = Fault("PUT", MANIFESTS, registry_error(400, "DIGEST_INVALID", "digest did not match"))
+    result = world.push(around(world.fake, race))
+    world.assert_complete(result)
