@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 
 from ociforge.assemble import ImagePlan
@@ -41,7 +39,6 @@ from ociforge.registry import (
     RegistryClient,
     get_manifest,
     get_small_blob,
-    resolve_credentials,
 )
 from ociforge.registry.download import BlobDownload
 from ociforge.sinks.oci_layout import OciLayout
@@ -152,26 +149,9 @@ class BaseResolver:
     def _client(self, registry: str) -> RegistryClient:
         """One client per base registry; the destination's explicit credentials only for it."""
         if registry not in self._clients:
-            opts = self.options
-            env = os.environ if opts.env is None else opts.env
             mine = self.destination in (None, registry)
-            creds = resolve_credentials(
-                registry,
-                env=env,
-                home=opts.home or Path.home(),
-                explicit=opts.credentials if mine else None,
-            )
-            self._clients[registry] = RegistryClient(
-                registry,
-                credentials=creds,
-                insecure=opts.insecure,
-                ca_file=opts.ca_file,
-                retries=opts.retries,
-                backoff=opts.backoff,
-                timeout=opts.push_timeout(),
-                stall_timeout=opts.stall_timeout,
-                transport=opts.transport,
-                on_event=self.on_event,
+            self._clients[registry] = self.options.client(
+                registry, self.on_event, explicit_credentials=mine
             )
         return self._clients[registry]
 

@@ -8,12 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ociforge.errors import UsageError
+from ociforge.events import ProgressCallback
 from ociforge.image.documents import Descriptor
 from ociforge.publish.attach import Attached
 from ociforge.publish.cache import default_cache_dir
 from ociforge.publish.reuse import LayerPreview
 from ociforge.reference import Reference
-from ociforge.registry import Credentials, Transport, default_timeout, repository_scope
+from ociforge.registry import (
+    Credentials,
+    RegistryClient,
+    Transport,
+    default_timeout,
+    repository_scope,
+    resolve_credentials,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,31 @@ class RegistryOptions:
         if self.timeout is not None:
             return self.timeout
         return default_timeout(os.environ if self.env is None else self.env)
+
+    def client(
+        self, registry: str, on_event: ProgressCallback, *, explicit_credentials: bool = True
+    ) -> RegistryClient:
+        """A client of ``registry`` with these options; credentials come from the one
+        precedence chain (logged, never shown). ``explicit_credentials`` False: the explicit
+        ones belong to another registry (a push's destination) and are not sent here."""
+        creds = resolve_credentials(
+            registry,
+            env=os.environ if self.env is None else self.env,
+            home=self.home or Path.home(),
+            explicit=self.credentials if explicit_credentials else None,
+        )
+        return RegistryClient(
+            registry,
+            credentials=creds,
+            insecure=self.insecure,
+            ca_file=self.ca_file,
+            retries=self.retries,
+            backoff=self.backoff,
+            timeout=self.push_timeout(),
+            stall_timeout=self.stall_timeout,
+            transport=self.transport,
+            on_event=on_event,
+        )
 
     def scopes(self, refs: Sequence[Reference]) -> list[str]:
         """One scope set for a push: push on every destination, pull on every source."""

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 
 from ociforge.assemble import ImagePlan, PlannedLayer
@@ -65,7 +64,6 @@ from ociforge.registry import (
     RegistryClient,
     blob_exists,
     get_manifest,
-    resolve_credentials,
     upload_all,
     upload_bytes,
 )
@@ -104,25 +102,7 @@ class PushSession:
         """The session's client, made on first use: credentials come from the one precedence
         chain (logged, never shown), and nix can be planning meanwhile."""
         if self._client is None:
-            opts = self.options
-            creds = resolve_credentials(
-                self.registry,
-                env=os.environ if opts.env is None else opts.env,
-                home=opts.home or Path.home(),
-                explicit=opts.credentials,
-            )
-            self._client = RegistryClient(
-                self.registry,
-                credentials=creds,
-                insecure=opts.insecure,
-                ca_file=opts.ca_file,
-                retries=opts.retries,
-                backoff=opts.backoff,
-                timeout=opts.push_timeout(),
-                stall_timeout=opts.stall_timeout,
-                transport=opts.transport,
-                on_event=self.on_event,
-            )
+            self._client = self.options.client(self.registry, self.on_event)
         return self._client
 
     def close(self) -> None:
