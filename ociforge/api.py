@@ -200,18 +200,7 @@ def build(
     )
     if spec.layout is not None:
         raise UsageError(f"build makes images of closures; {spec.layout} is one already")
-    opts = options or ImageOptions()
-    if opts.base is not None and isinstance(parsed, DockerArchiveTarget):
-        raise UsageError(BASE_IN_ARCHIVE)
-    if isinstance(parsed, DockerArchiveTarget):
-        # docker load wants plain tar layers and Docker media types, and Docker manifests
-        # carry no annotations (the ones GitLab CI adds by itself included).
-        opts = dataclasses.replace(
-            opts, format="docker", compression=CompressionOptions(Compression.NONE), annotations={}
-        )
-    if sbom_format is not None and isinstance(parsed, DockerArchiveTarget):
-        raise UsageError("--sbom attaches to OCI images: build to oci:DIR, or push")
-    sbom_media_type(sbom_format or "cyclonedx")  # an unknown format fails before nix runs
+    opts = _options_for(parsed, options or ImageOptions(), sbom_format)
     plan = plan_source(spec, opts, on_event=on_event)
     with BaseResolver(registry, on_event) as bases:
         plan = bases.attach(plan)
@@ -445,6 +434,21 @@ def inspect_image(
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
     with PushSession(ref.registry, registry) as session:
         return describe(session.client, ref)
+
+
+def _options_for(target: Target, opts: ImageOptions, sbom_format: str | None) -> ImageOptions:
+    """The options a build into ``target`` uses, refused before nix runs if they cannot be."""
+    sbom_media_type(sbom_format or "cyclonedx")  # an unknown format fails here
+    if not isinstance(target, DockerArchiveTarget):
+        return opts
+    if opts.base is not None:
+        raise UsageError(BASE_IN_ARCHIVE)
+    if sbom_format is not None:
+        raise UsageError("--sbom attaches to OCI images: build to oci:DIR, or push")
+    # docker load wants plain tar layers and Docker media types, and Docker manifests carry no
+    # annotations (the ones GitLab CI adds by itself included).
+    none = CompressionOptions(Compression.NONE)
+    return dataclasses.replace(opts, format="docker", compression=none, annotations={})
 
 
 def load_trust(
