@@ -343,7 +343,9 @@ def test_an_expired_token_is_replaced_and_the_push_completes(world: World, where
     [expired] = transport.fired()
     assert expired.status == 401 and expired.bearer is not None
     assert 'error="invalid_token"' in expired.response_headers["www-authenticate"]
-    later = transport.exchanges[transport.exchanges.index(expired) + 1 :]
+    # By start time, not list order: with parallel uploads another request may meet the
+    # revoked token and fetch the new one before the fired exchange is recorded.
+    later = [e for e in transport.exchanges if e.started >= expired.started]
     token_requests = [e for e in later if e.url.host == "auth.test"]
     assert token_requests and all(e.status == 200 for e in token_requests)
     final = transport.calls("PUT", MANIFESTS)[-1]
