@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         build,
         copy_image,
         generate_key,
+        gitlab_pipeline_for,
         host_system,
         inspect_image,
         load_closure,
@@ -173,6 +174,7 @@ _EXPORTS: dict[str, str] = {
     "ImageJob": "ociforge.ci_gitlab",
     "IndexJob": "ociforge.ci_gitlab",
     "gitlab_pipeline": "ociforge.ci_gitlab",
+    "gitlab_pipeline_for": "ociforge.api",
     "read_jobs_file": "ociforge.ci_gitlab",
 }
 
@@ -235,6 +237,7 @@ __all__ = [
     "generate_cosign_key",
     "generate_key",
     "gitlab_pipeline",
+    "gitlab_pipeline_for",
     "host_system",
     "inspect_image",
     "load_closure",

@@ -99,6 +99,7 @@ __all__ = [
     "generate_cosign_key",
     "generate_key",
     "gitlab_pipeline",
+    "gitlab_pipeline_for",
     "host_system",
     "inspect_image",
     "load_closure",
@@ -324,10 +325,41 @@ def resolve_images(
     unknown = sorted(set(only) - repo.images.keys())
     if unknown:
         raise UsageError(f"{path}: no image named {', '.join(unknown)}")
-    resolved = repo.resolve(
-        os.environ if env is None else env, now or datetime.datetime.now(datetime.timezone.utc)
-    )
+    env = os.environ if env is None else env
+    when = now or _pipeline_date(env) or datetime.datetime.now(datetime.timezone.utc)
+    resolved = repo.resolve(env, when)
     return tuple(r for r in resolved if not only or r.name in only)
+
+
+def gitlab_pipeline_for(
+    path: str | Path,
+    options: GitlabOptions | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    now: datetime.datetime | None = None,
+) -> str:
+    """The child pipeline of ``images.toml``: a job per image and platform, an index job per
+    multi-platform image (see ``ociforge/batch/ci.py``). The jobs share the pipeline's date."""
+    from ociforge.batch.ci import DATE_VARIABLE, gitlab_jobs  # noqa: PLC0415
+
+    env = os.environ if env is None else env
+    when = now or _pipeline_date(env) or datetime.datetime.now(datetime.timezone.utc)
+    images, indexes = gitlab_jobs(resolve_images(path, env=env, now=when), str(path))
+    opts = options or GitlabOptions()
+    variables = {**opts.variables, DATE_VARIABLE: when.strftime("%Y-%m-%d")}
+    return gitlab_pipeline(images, indexes, dataclasses.replace(opts, variables=variables))
+
+
+def _pipeline_date(env: Mapping[str, str]) -> datetime.datetime | None:
+    """``OCIFORGE_DATE`` (YYYY-MM-DD): the day a pipeline's jobs all use for ``{date}``."""
+    text = env.get("OCIFORGE_DATE")
+    if not text:
+        return None
+    try:
+        day = datetime.datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise UsageError(f"OCIFORGE_DATE={text!r} is not a date (YYYY-MM-DD)") from None
+    return day.replace(tzinfo=datetime.timezone.utc)
 
 
 def push_many(
@@ -339,6 +371,8 @@ def push_many(
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
     on_image: Callable[[ImageResult], None] = lambda result: None,
+    platform: str | None = None,
+    index_only: bool = False,
 ) -> BatchResult:
     """Push every image of ``images.toml`` (a path) or of :func:`resolve_images`' result, one
     session per registry: one token, one connection pool, ``registry.jobs`` blobs at once.
@@ -347,7 +381,8 @@ def push_many(
     failed image does not stop the others unless ``fail_fast``; each result says what
     happened (``pushed``, ``up to date``: nothing written, ``failed``, ``not run``) and
     ``on_image`` hears it as it finishes. Multi-platform images get their children under
-    ``TAG-ARCH`` and an index under the tags.
+    ``TAG-ARCH`` and an index under the tags. ``platform`` / ``index_only``: one job of a
+    scaled-out pipeline (see :func:`gitlab_pipeline_for`).
 
     Example::
 
@@ -356,7 +391,14 @@ def push_many(
     """
     resolved = resolve_images(images, only=only) if isinstance(images, (str, Path)) else images
     return _push_many(
-        resolved, registry, fail_fast=fail_fast, nix=nix, on_event=on_event, on_image=on_image
+        resolved,
+        registry,
+        fail_fast=fail_fast,
+        nix=nix,
+        on_event=on_event,
+        on_image=on_image,
+        platform=platform,
+        index_only=index_only,
     )
 
 

@@ -56,6 +56,7 @@ from ociforge.api import (
     generate_cosign_key,
     generate_key,
     gitlab_pipeline,
+    gitlab_pipeline_for,
     inspect_image,
     load_cosign_key,
     load_trust,
@@ -937,6 +938,17 @@ def verify_command(reference: str, key_file: str | None, source: str | None, **k
 @click.argument("file", metavar="IMAGES.TOML", type=click.Path(dir_okay=False))
 @click.option("--only", multiple=True, metavar="NAME", help="Only this image. Repeatable.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first image that fails.")
+@click.option(
+    "--platform",
+    metavar="SYSTEM",
+    help="Only this platform's child of multi-platform images (TAG-ARCH, no index): one job "
+    "of a scaled-out pipeline (ociforge ci gitlab).",
+)
+@click.option(
+    "--index-only",
+    is_flag=True,
+    help="Only the indexes of multi-platform images, over the TAG-ARCH images already pushed.",
+)
 @click.option("--nix", "nix_bin", default="nix", show_default=True, help="nix executable.")
 @_options(_REGISTRY_OPTIONS)
 @_options(_COMMON_OPTIONS)
@@ -954,6 +966,8 @@ def push_all_command(file: str, **kw: Any) -> None:
             registry=_registry_options(kw),
             only=kw["only"],
             fail_fast=kw["fail_fast"],
+            platform=kw["platform"],
+            index_only=kw["index_only"],
             nix=kw["nix_bin"],
             on_image=lambda r: None if quiet else click.echo(_image_line(r), err=True),
         )
@@ -1193,7 +1207,7 @@ def ci_group() -> None:
 
 
 @ci_group.command("gitlab")
-@click.argument("jobs_file", metavar="JOBS.json")
+@click.argument("jobs_file", metavar="IMAGES.toml|JOBS.json")
 @click.option(
     "--image",
     "job_image",
@@ -1216,18 +1230,22 @@ def ci_group() -> None:
 def ci_gitlab_command(jobs_file: str, **kw: Any) -> None:
     """Print a child pipeline: a job per image and platform, index jobs after their children.
 
-    JOBS.json: {"images": [{"image", "platform", "script"}], "indexes": [{"image",
-    "platforms", "script"}]}. Write it to a file and trigger it from the parent pipeline
-    (see examples/image-repo/scale-out).
+    IMAGES.toml: the file push-all reads; each job runs `ociforge push-all IMAGES.toml --only
+    NAME --platform SYSTEM` (or `--index-only`). JOBS.json: your own jobs, {"images":
+    [{"image", "platform", "script"}], "indexes": [{"image", "platforms", "script"}]}. Write
+    it to a file and trigger it from the parent pipeline (see examples/image-repo/scale-out).
     """
 
     def action() -> None:
-        images, indexes = read_jobs_file(jobs_file)
         options = GitlabOptions(
             job_image=None if kw["no_image"] else kw["job_image"],
             runner_tags=_runner_tags(kw["runner_tags"]),
             retries=kw["retries"],
         )
+        if jobs_file.endswith(".toml"):
+            click.echo(gitlab_pipeline_for(jobs_file, options), nl=False)
+            return
+        images, indexes = read_jobs_file(jobs_file)
         click.echo(gitlab_pipeline(images, indexes, options), nl=False)
 
     _run(kw["debug"], action)

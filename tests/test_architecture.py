@@ -40,7 +40,17 @@ ALLOWED: dict[str, set[str]] = {
     | {"source", "assemble", "image", "sinks", "registry", "reference", "trust", "supply"},
     # images.toml (model: pydantic) and push-all over one PushSession per registry
     "batch": _VALUES
-    | {"source", "assemble", "image", "layering", "compress", "publish", "reference"},
+    | {
+        "source",
+        "assemble",
+        "image",
+        "layering",
+        "compress",
+        "publish",
+        "reference",
+        "registry",
+        "ci_gitlab",
+    },
     "api": _VALUES
     | {
         "source",
@@ -203,6 +213,7 @@ PUBLIC_API = {
     "ImageJob",
     "IndexJob",
     "gitlab_pipeline",
+    "gitlab_pipeline_for",
     "read_jobs_file",
 }
 

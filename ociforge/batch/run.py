@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ociforge.assemble import ImagePlan, plan_source
-from ociforge.batch.plan import PlatformSource, ResolvedImage
-from ociforge.errors import OciforgeError
+from ociforge.batch.plan import PlatformSource, ResolvedImage, parse_platform
+from ociforge.errors import OciforgeError, RegistryError, UsageError
 from ociforge.events import ProgressCallback, ignore_event
+from ociforge.image.documents import Platform
 from ociforge.publish import PushResult, PushSession, RegistryOptions
 from ociforge.publish.index import child_descriptor, make_index, put_index
 from ociforge.reference import Reference, parse_reference
+from ociforge.registry import get_manifest
 from ociforge.source import parse_source
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,10 @@ class _Run:
     on_event: ProgressCallback
     plans: dict[tuple[str, int], ImagePlan] = field(default_factory=dict)
     layers: dict[str, int] = field(default_factory=dict)
+    # One job of a scaled-out pipeline: only this platform's child (under TAG-ARCH, no index),
+    # or only the index over the children other jobs pushed.
+    platform: Platform | None = None
+    index_only: bool = False
 
 
 def push_many(
@@ -91,12 +97,20 @@ def push_many(
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
     on_image: Callable[[ImageResult], None] = lambda result: None,
+    platform: str | None = None,
+    index_only: bool = False,
 ) -> BatchResult:
-    """Push ``images`` (from :meth:`ImageRepo.resolve`); ``on_image`` hears each result."""
+    """Push ``images`` (from :meth:`ImageRepo.resolve`); ``on_image`` hears each result.
+    ``platform`` (a nix system or os/arch): only that child of each multi-platform image, as
+    ``TAG-ARCH`` without the index; ``index_only``: only the indexes, over the ``TAG-ARCH``
+    images other jobs pushed (``ociforge ci gitlab`` gives each its own job)."""
+    if platform is not None and index_only:
+        raise UsageError("--platform pushes a child, --index-only joins them: choose one")
     started = time.monotonic()
     reg = registry or RegistryOptions()
     refs = {d: parse_reference(d) for image in images for d in _all_destinations(image)}
-    run = _Run({}, nix, on_event)
+    wanted = parse_platform(platform) if platform is not None else None
+    run = _Run({}, nix, on_event, platform=wanted, index_only=index_only)
     results: list[ImageResult] = []
     try:
         for host in dict.fromkeys(r.registry for r in refs.values()):
@@ -105,7 +119,8 @@ def push_many(
             _one_token(session, [r for r in refs.values() if r.registry == host])
         for image in images:
             stop = fail_fast and any(r.status == "failed" for r in results)
-            result = ImageResult(image.name, "not run") if stop else _push_image(run, image)
+            skip = stop or (_one_job(run) and not image.multi_platform)
+            result = ImageResult(image.name, "not run") if skip else _push_image(run, image)
             results.append(result)
             on_image(result)
     finally:
@@ -186,18 +201,41 @@ def _push_index(
     children, changed = [], False
     scopes = session.options.scopes(refs)
     for i, child in enumerate(image.children):
-        child_refs = [_suffixed(r, child) for r in refs]
-        result = session.push(_planner(run, image, i), child_refs)
-        pushed.append(result)
-        changed = changed or not result.up_to_date
+        if run.index_only:
+            digest = _pushed_child(session, refs[0], child, scopes)
+        elif run.platform is None or child.platform == run.platform:
+            result = session.push(_planner(run, image, i), [_suffixed(r, child) for r in refs])
+            pushed.append(result)
+            changed, digest = changed or not result.up_to_date, result.manifest_digest
+        else:
+            continue
         ref = refs[0]
         children.append(
-            child_descriptor(
-                session.client, ref.repository, result.manifest_digest, child.platform, scopes
-            )
+            child_descriptor(session.client, ref.repository, digest, child.platform, scopes)
         )
+    if run.platform is not None:  # the index is the index job's
+        return (pushed[-1].manifest_digest if pushed else ""), changed
     index = put_index(session, refs, make_index(children))
     return index.digest, changed or not index.up_to_date
+
+
+def _one_job(run: _Run) -> bool:
+    return run.platform is not None or run.index_only
+
+
+def _pushed_child(
+    session: PushSession, ref: Reference, child: PlatformSource, scopes: Sequence[str]
+) -> str:
+    """The manifest digest another job pushed under ``TAG-ARCH``."""
+    child_ref = _suffixed(ref, child)
+    found = get_manifest(
+        session.client, child_ref.repository, child_ref.manifest_ref, scopes=scopes
+    )
+    if found is None:
+        raise RegistryError(
+            f"{child_ref} is missing: the job of its platform has not pushed it (yet)"
+        )
+    return str(found[2])
 
 
 def _suffixed(ref: Reference, child: PlatformSource) -> Reference:

@@ -146,3 +146,58 @@ def inspect(skopeo_env: dict[str, str], ref: str) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     found: dict[str, object] = json.loads(result.stdout)
     return found
+
+
+def test_the_pipeline_of_an_images_toml_runs_and_writes_the_index(
+    closure: BuiltClosure,
+    registry: RegistryServer,
+    repo_name: str,
+    home: Path,
+    skopeo_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """`ociforge ci gitlab images.toml`: the same file push-all reads; platform jobs push the
+    children, the index job joins them, and every job agrees on `{date}`."""
+    if not GITLAB_CI_LOCAL.exists():
+        pytest.skip("gitlab-ci-local is not installed: run scripts/setup")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "images.toml").write_text(
+        "[defaults]\n"
+        f'registry = "{registry.host}/{repo_name}"\n'
+        'tags = ["latest", "nightly-{date}"]\n'
+        f'[images.tools]\nsource = "{closure["busybox"]}"\n'
+        f'[images.app.platforms]\nx86_64-linux = "{closure[APP]}"\n'
+        f'aarch64-linux = "{closure[APP]}"\n'  # architecture-independent, labelled arm64 too
+    )
+    # The venv's `ociforge` is what the jobs run; the date is fixed by the generator.
+    env = {**cli_env(home), "PATH": f"{Path(sys.executable).parent}:{cli_env(home)['PATH']}"}
+    generated = subprocess.run(
+        [sys.executable, "-m", "ociforge", "ci", "gitlab", "--no-image", "images.toml"],
+        cwd=project, env={**env, "OCIFORGE_DATE": "2026-12-31"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    assert 'OCIFORGE_DATE: "2026-12-31"' in generated.stdout, generated.stdout
+    (project / "images.yml").write_text(generated.stdout)
+    git(project, "init", "-q")
+    git(project, "add", "images.yml", "images.toml")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "ci")
+    run = subprocess.run(
+        [str(GITLAB_CI_LOCAL), "--shell-isolation=false", "--file", "images.yml"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log
+    for job in ("app:x86_64-linux", "app:aarch64-linux", "tools:x86_64-linux", "app:index"):
+        assert re.search(rf"PASS\s+{re.escape(job)}\b", log), log
+    image = f"{registry.host}/{repo_name}"
+    for tag in ("latest", "nightly-2026-12-31"):
+        for arch in ("amd64", "arm64"):
+            found = skopeo(
+                skopeo_env, "inspect", "--tls-verify=false", "--override-arch", arch,
+                f"docker://{image}/app:{tag}",
+            )  # fmt: skip
+            assert found.returncode == 0, found.stderr
+            assert json.loads(found.stdout)["Architecture"] == arch
+    assert inspect(skopeo_env, f"{image}/tools:nightly-2026-12-31")["Layers"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+import ociforge
 from ociforge import GitlabOptions, ImageJob, IndexJob, UsageError, gitlab_pipeline
 from ociforge.ci_gitlab import RETRY_WHEN, read_jobs_file
 
@@ -132,11 +133,43 @@ def test_the_scale_out_example_triggers_what_its_generate_job_writes() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "image-repo" / "scale-out"
     parent = yaml.safe_load((example / ".gitlab-ci.yml").read_text())
     generate = parent["generate-images"]
-    assert generate["script"] == ["ociforge ci gitlab jobs.json > images.yml"]
+    assert generate["script"] == ["ociforge ci gitlab images.toml > images.yml"]
     assert generate["artifacts"]["paths"] == ["images.yml"]
     include = parent["images"]["trigger"]["include"]
     assert include == [{"artifact": "images.yml", "job": "generate-images"}]
-    images, indexes = read_jobs_file(str(example / "jobs.json"))
-    child = yaml.safe_load(gitlab_pipeline(images, indexes))
-    assert child["python:index"]["needs"] == ["python:x86_64-linux", "python:aarch64-linux"]
+    env = {"CI_REGISTRY_IMAGE": "registry.example.com/group/images", "CI_COMMIT_SHORT_SHA": "abc"}
+    child = yaml.safe_load(ociforge.gitlab_pipeline_for(example.parent / "images.toml", env=env))
+    assert sorted(child["tools:index"]["needs"]) == ["tools:aarch64-linux", "tools:x86_64-linux"]
     assert child["builder:x86_64-linux"]["image"] == "$OCIFORGE_IMAGE"
+
+
+def test_an_images_toml_gives_platform_jobs_and_an_index_job(tmp_path: Path) -> None:
+    from ociforge.batch.ci import gitlab_jobs, nix_system
+    from ociforge.image.documents import Platform
+
+    repo = tmp_path / "images.toml"
+    repo.write_text(
+        '[defaults]\nregistry = "r.test/g"\n[images.tools]\nsource = "/nix/store/x"\n'
+        '[images.app.platforms]\nx86_64-linux = ".#a"\n"linux/arm64" = ".#b"\n'
+    )
+    images = ociforge.resolve_images(repo, env={})
+    jobs, indexes = gitlab_jobs(images, "images.toml")
+    assert sorted((j.name, j.script) for j in jobs) == sorted(
+        [
+            ("tools:x86_64-linux", ("ociforge push-all images.toml --only tools",)),
+            (
+                "app:x86_64-linux",
+                ("ociforge push-all images.toml --only app --platform x86_64-linux",),
+            ),
+            (
+                "app:aarch64-linux",
+                ("ociforge push-all images.toml --only app --platform aarch64-linux",),
+            ),
+        ]
+    )
+    assert [(i.name, sorted(i.platforms)) for i in indexes] == [
+        ("app:index", ["aarch64-linux", "x86_64-linux"])
+    ]
+    assert nix_system(Platform("arm", "linux", "v7")) == "armv7l-linux"
+    pipeline = ociforge.gitlab_pipeline_for(repo, env={"OCIFORGE_DATE": "2026-01-02"})
+    assert 'OCIFORGE_DATE: "2026-01-02"' in pipeline
