@@ -925,6 +925,8 @@ def verify_command(reference: str, key_file: str | None, source: str | None, **k
             options=options_from_cli(kw),
             registry=_registry_options(kw),
             closure_json=kw["closure_json"],
+            devshell=kw["devshell"],
+            contents=kw["contents"],
             nix=kw["nix_bin"],
         )
         _report_verify(report, kw["as_json"])

@@ -139,19 +139,24 @@ def verify(
     options: ImageOptions | None = None,
     registry: RegistryOptions | None = None,
     closure_json: str | None = None,
+    devshell: bool = False,
+    contents: Sequence[str] = (),
     nix: str = "nix",
     on_event: ProgressCallback = ignore_event,
 ) -> VerifyReport:
     """Check the image ``reference`` names: its cosign signature by the key in
     ``public_key_file`` (if given), its SBOM (attached, about this manifest), and with
     ``source`` (or ``closure_json``) that its layers are what that closure builds to with
-    ``options``, streamed and hashed, nothing uploaded. Mismatches are in the report's
+    ``options`` (and ``devshell`` / ``contents`` as the push was given them), streamed and
+    hashed, nothing uploaded. Mismatches are in the report's
     ``failures``; errors reading the registry raise."""
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
     key = None if public_key_file is None else load_public_key(public_key_file)
     spec = None
     if source is not None or closure_json is not None:
-        spec = parse_source(source, closure_json=closure_json, nix=nix)
+        spec = parse_source(
+            source, closure_json=closure_json, devshell=devshell, contents=contents, nix=nix
+        )
         if spec.layout is not None:
             raise UsageError("verify --source takes what the image was built from, not oci:")
     checks: list[Check] = []
