@@ -52,6 +52,7 @@ from ociforge.publish.tags import (
     held_by_every_tag,
     plan_errors_first,
     put_tags,
+    read_tags,
     referenced,
     tag_names,
     tags_while_planning,
@@ -405,11 +406,14 @@ class PushSession:
             )
             for key, d in zip(keys, descriptors, strict=True)
         ]
-        self.client.ping()
+        # What the tags hold, and the tag rules in the token, before the first blob is sent.
+        scopes = self.options.scopes(refs)
+        current = read_tags(self.client, refs, scopes, threading.Event())
+        check_tag_rules(self.client, refs, scopes, current, Digest.of(manifest_bytes))
         results = self._upload(refs[0].repository, jobs)
         blobs = [_pushed(r, d.media_type) for r, d in zip(results, descriptors, strict=True)]
         blobs += self._copy_to_other_repos(refs, descriptors)
-        digest = self._tag_all(refs, None, manifest_bytes, media_type)
+        digest = self._tag_all(refs, None, manifest_bytes, media_type, current)
         return PushResult(tag_names(refs), digest, tuple(blobs), time.monotonic() - started)
 
     # -- shared steps ------------------------------------------------------------------------

@@ -436,3 +436,21 @@ def test_an_immutable_tag_that_already_holds_the_image_is_no_obstacle(
     token_registry.tokens.protect_tags(token_registry.project, immutable=("^v1$",))
     again = ociforge("push", closure[APP], f"{image}:latest", f"{image}:v1", env=env)
     assert again.code == 0, again.explain()
+
+
+def test_an_oci_source_meets_the_tag_rules_before_any_upload(
+    closure: BuiltClosure, token_registry: TokenRegistry, home: Path, tmp_path: Path
+) -> None:
+    env = gitlab_env(home, token_registry)
+    image = f"{env['CI_REGISTRY_IMAGE']}/built"
+    layout = f"oci:{tmp_path}/layout:t"
+    assert ociforge("build", closure[APP], layout, env=env).code == 0
+    token_registry.tokens.protect_tags(token_registry.project, push_denied=("^v",))
+    mark = len(token_registry.registry.log_text().splitlines())
+    run = ociforge("push", layout, f"{image}:v2", env=env)
+    assert run.code == 6, run.explain()
+    assert "is protected (rule '^v')" in run.one_line_error()
+    log = token_registry.registry.log_text().splitlines()[mark:]
+    repo = f"/v2/{token_registry.project}/built/"
+    assert [line for line in log if repo in line and any(m in line for m in WRITES)] == []
+    assert ociforge("push", layout, f"{image}:latest", env=env).code == 0  # others still go
